@@ -1,0 +1,3 @@
+from endebias.cli import main
+
+raise SystemExit(main())

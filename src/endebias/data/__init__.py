@@ -1,0 +1,99 @@
+"""Benchmarks behind one name registry; each yields (x, target, bias) splits.
+
+A benchmark builder takes keyword options (``data_dir``, ``seed`` and its own, such as
+``rho``) and returns a :class:`Benchmark`: whole splits as tensors, kept compact (uint8
+images) and turned into model inputs per batch by ``benchmark.prepare``. The trainer
+only ever sees this contract, so a new benchmark needs no change there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Split:
+    """One split: ``inputs[i]`` has target ``targets[i]`` and bias label ``biases[i]``."""
+
+    inputs: Tensor
+    targets: Tensor
+    biases: Tensor
+
+    def __post_init__(self) -> None:
+        n = self.inputs.shape[0]
+        if self.targets.shape != (n,) or self.biases.shape != (n,):
+            raise ValueError(
+                f"split sizes differ: inputs {tuple(self.inputs.shape)}, "
+                f"targets {tuple(self.targets.shape)}, biases {tuple(self.biases.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.inputs.to(device), self.targets.to(device), self.biases.to(device))
+
+    def subset(self, indices: Tensor) -> Split:
+        return Split(self.inputs[indices], self.targets[indices], self.biases[indices])
+
+
+def scale_uint8_images(images: Tensor) -> Tensor:
+    """uint8 images to floats in [-1, 1]: the paper's ``(x/255 - 0.5) / 0.5``."""
+    return images.float() / 127.5 - 1.0
+
+
+@dataclass
+class Benchmark:
+    """What the trainer needs to know about a benchmark.
+
+    ``evaluations`` maps an evaluation name (``valid`` first, used for model selection,
+    then test sets such as ``biased_test`` and ``unbiased_test``) to its split.
+    """
+
+    name: str
+    train: Split
+    evaluations: dict[str, Split]
+    num_targets: int
+    num_biases: int
+    input_shape: tuple[int, ...]
+    prepare: Callable[[Tensor], Tensor] = scale_uint8_images
+    target_names: list[str] | None = None
+    bias_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "valid" not in self.evaluations:
+            raise ValueError(f"benchmark {self.name!r} has no 'valid' split for model selection")
+
+
+BenchmarkBuilder = Callable[..., Benchmark]
+_REGISTRY: dict[str, BenchmarkBuilder] = {}
+
+
+def register_dataset(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
+    def decorator(builder: BenchmarkBuilder) -> BenchmarkBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def dataset_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_dataset(name: str, **options: Any) -> Benchmark:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**options)
+
+
+# Built-in benchmarks register themselves on import; they import the names above.
+from endebias.data.biased_mnist_protocol import biased_mnist  # noqa: E402

@@ -1,0 +1,224 @@
+"""The EnD regulariser (Tartaglione et al., CVPR 2021) in closed form.
+
+With z_i the flattened features of sample i and G_ij = <z_i, z_j>:
+
+* R_perp (disentangling) = sum_c |sum_{i<j, b_i=b_j=c} G_ij| / M_perp
+* R_par  (entangling)    = 1 - mean over pairs {y_i=y_j, b_i!=b_j} of (1 + G_ij) / 2
+
+For any group g with feature sum s_g, sum_{i<j in g} G_ij = (||s_g||^2 - sum_g ||z_i||^2) / 2,
+so both terms follow from per-(target, bias) feature sums: one scatter of the batch into
+T*C rows, O(B*F) work and no B x B Gram matrix. When the caller gives `num_targets` and
+`num_biases`, nothing here reads a tensor value on the host, so the loss costs no device
+synchronisation and traces cleanly under `torch.compile`.
+
+`pairs="reference"` reproduces the official code's arithmetic (DESIGN.md section 2): a
+clamped Gram matrix, and an entangling term over only the pairs (i, j) with i later than j
+in the batch and b_i < b_j.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Pairs = Literal["all", "reference"]
+_PAIRS = ("all", "reference")
+
+
+def _check_inputs(
+    features: Tensor,
+    targets: Tensor,
+    biases: Tensor,
+    pairs: str,
+    num_targets: int | None,
+    num_biases: int | None,
+) -> None:
+    """Shape and dtype checks only: reading values would cost a host sync per call."""
+    if not isinstance(features, Tensor) or features.dim() < 2:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"features must be a tensor of shape (B, ...) with B samples, got {shape}")
+    if not features.is_floating_point():
+        raise ValueError(f"features must be floating point, got dtype {features.dtype}")
+    batch = features.shape[0]
+    for name, labels in (("targets", targets), ("biases", biases)):
+        if not isinstance(labels, Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(labels).__name__}")
+        if labels.dim() != 1 or labels.shape[0] != batch:
+            raise ValueError(
+                f"{name} must have shape ({batch},) to match features {tuple(features.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    if pairs not in _PAIRS:
+        raise ValueError(f"pairs must be one of {_PAIRS}, got {pairs!r}")
+    for name, count in (("num_targets", num_targets), ("num_biases", num_biases)):
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {count!r}")
+
+
+def _dense_labels(labels: Tensor, num_classes: int | None) -> tuple[Tensor, int]:
+    """Map arbitrary integer labels to 0..K-1; trust them as such when K is given."""
+    if num_classes is not None:
+        return labels.long(), num_classes
+    uniques, dense = torch.unique(labels, return_inverse=True)  # host sync: K is data-dependent
+    return dense, int(uniques.numel())
+
+
+def _safe_ratio(numerator: Tensor, count: Tensor) -> Tensor:
+    """numerator / count, or 0 where count is 0, without a Python branch on tensor values."""
+    return torch.where(count > 0, numerator / count.clamp_min(1), torch.zeros_like(numerator))
+
+
+def _closed_form(
+    flat: Tensor, targets: Tensor, biases: Tensor, num_targets: int, num_biases: int
+) -> tuple[Tensor, Tensor]:
+    batch, width = flat.shape
+    # One scatter gives, per (target, bias) group: the feature sum, the sum of squared
+    # norms and the sample count (the last two ride along as two extra columns).
+    squared_norms = (flat * flat).sum(dim=1, keepdim=True)
+    ones = torch.ones(batch, 1, dtype=flat.dtype, device=flat.device)
+    augmented = torch.cat([flat, squared_norms, ones], dim=1)
+    group = targets * num_biases + biases
+    sums = flat.new_zeros(num_targets * num_biases, width + 2).index_add(0, group, augmented)
+    sums = sums.view(num_targets, num_biases, width + 2)
+
+    feature_sums = sums[..., :width]  # (T, C, F)
+    norm_sums = sums[..., width]  # (T, C)
+    counts = sums[..., width + 1]  # (T, C), exact small integers in float
+
+    # Disentangling: same-bias pairs, grouped by bias class.
+    per_bias = feature_sums.sum(dim=0)  # (C, F)
+    same_bias_gram = (per_bias.pow(2).sum(dim=1) - norm_sums.sum(dim=0)) / 2  # (C,)
+    bias_counts = counts.sum(dim=0)
+    perp_pairs = (bias_counts * (bias_counts - 1) / 2).sum()
+    r_perp = _safe_ratio(same_bias_gram.abs().sum(), perp_pairs)
+
+    # Entangling: same-target pairs minus same-(target, bias) pairs = cross-bias pairs.
+    per_target = feature_sums.sum(dim=1)  # (T, F)
+    cross_gram = (per_target.pow(2).sum() - feature_sums.pow(2).sum()) / 2
+    target_counts = counts.sum(dim=1)
+    par_pairs = (target_counts.pow(2).sum() - counts.pow(2).sum()) / 2
+    mean_similarity = _safe_ratio(par_pairs + cross_gram, 2 * par_pairs)  # mean of (1 + G) / 2
+    r_par = torch.where(par_pairs > 0, 1 - mean_similarity, torch.zeros_like(mean_similarity))
+    return r_perp, r_par
+
+
+def _reference(flat: Tensor, targets: Tensor, biases: Tensor, num_biases: int) -> tuple[Tensor, Tensor]:
+    batch = flat.shape[0]
+    gram = (flat @ flat.T).clamp(-1, 1)
+    index = torch.arange(batch, device=flat.device)
+    earlier = index[:, None] > index[None, :]  # row sample comes later in the batch
+    same_bias = biases[:, None] == biases[None, :]
+
+    perp_mask = earlier & same_bias
+    row_sums = (gram * perp_mask).sum(dim=1)
+    per_bias = flat.new_zeros(num_biases).index_add(0, biases, row_sums)
+    perp_pairs = perp_mask.sum().to(flat.dtype)
+    r_perp = _safe_ratio(per_bias.abs().sum(), perp_pairs)
+
+    par_mask = earlier & (targets[:, None] == targets[None, :]) & (biases[:, None] < biases[None, :])
+    par_pairs = par_mask.sum().to(flat.dtype)
+    mean_similarity = _safe_ratio(((1 + gram) / 2 * par_mask).sum(), par_pairs)
+    r_par = torch.where(par_pairs > 0, 1 - mean_similarity, torch.zeros_like(mean_similarity))
+    return r_perp, r_par
+
+
+def end_terms(
+    features: Tensor,
+    targets: Tensor,
+    biases: Tensor,
+    *,
+    pairs: Pairs = "all",
+    normalize: bool = False,
+    num_targets: int | None = None,
+    num_biases: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The unweighted EnD terms ``(r_perp, r_par)`` as 0-d tensors.
+
+    Args:
+        features: ``(B, ...)`` features, flattened per sample. The caller L2-normalises
+            them (the paper's models end the hooked block with :class:`L2Normalize`),
+            or passes ``normalize=True``.
+        targets, biases: ``(B,)`` integer labels with any values. With ``num_targets`` /
+            ``num_biases`` given they must already be ``0..K-1`` and the loss makes no
+            host synchronisation.
+        pairs: ``"all"`` (the definition, closed form) or ``"reference"`` (the official
+            code's pair selection, O(B^2)).
+    """
+    _check_inputs(features, targets, biases, pairs, num_targets, num_biases)
+    flat = features.reshape(features.shape[0], -1)
+    if normalize:
+        flat = nn.functional.normalize(flat, dim=1)
+    dense_targets, num_targets = _dense_labels(targets, num_targets)
+    dense_biases, num_biases = _dense_labels(biases, num_biases)
+    if pairs == "reference":
+        return _reference(flat, dense_targets, dense_biases, num_biases)
+    return _closed_form(flat, dense_targets, dense_biases, num_targets, num_biases)
+
+
+def end_loss(
+    features: Tensor,
+    targets: Tensor,
+    biases: Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    pairs: Pairs = "all",
+    normalize: bool = False,
+    num_targets: int | None = None,
+    num_biases: int | None = None,
+) -> Tensor:
+    """``alpha * r_perp + beta * r_par``; see :func:`end_terms` for the arguments."""
+    r_perp, r_par = end_terms(
+        features,
+        targets,
+        biases,
+        pairs=pairs,
+        normalize=normalize,
+        num_targets=num_targets,
+        num_biases=num_biases,
+    )
+    return alpha * r_perp + beta * r_par
+
+
+class EnDLoss(nn.Module):
+    """Module wrapper of :func:`end_loss` holding the weights and options."""
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        *,
+        pairs: Pairs = "all",
+        normalize: bool = False,
+        num_targets: int | None = None,
+        num_biases: int | None = None,
+    ) -> None:
+        super().__init__()
+        if pairs not in _PAIRS:
+            raise ValueError(f"pairs must be one of {_PAIRS}, got {pairs!r}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.pairs: Pairs = pairs
+        self.normalize = normalize
+        self.num_targets = num_targets
+        self.num_biases = num_biases
+
+    def forward(self, features: Tensor, targets: Tensor, biases: Tensor) -> Tensor:
+        return end_loss(
+            features,
+            targets,
+            biases,
+            alpha=self.alpha,
+            beta=self.beta,
+            pairs=self.pairs,
+            normalize=self.normalize,
+            num_targets=self.num_targets,
+            num_biases=self.num_biases,
+        )
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, pairs={self.pairs!r}"
