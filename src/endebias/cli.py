@@ -1,0 +1,128 @@
+"""Command line: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from endebias import records
+
+log = logging.getLogger("endebias")
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a YAML scalar or list (numbers, booleans, [1, 2])."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="biased-mnist", help="benchmark name (default: %(default)s)")
+    parser.add_argument("--rho", type=float, help="bias strength: the aligned fraction of training data")
+    parser.add_argument("--method", default="vanilla", help="training method (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, help="EnD disentangling weight")
+    parser.add_argument("--beta", type=float, help="EnD entangling weight")
+    parser.add_argument("--preset", default="quick", choices=["paper", "quick"],
+                        help="paper: DESIGN.md's exact protocol (GPU); quick: minutes on CPU")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--train-subset", type=int, help="train on this many images only")
+    parser.add_argument("--eval-subset", type=int, help="evaluate on this many images per split")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--method-option", action="append", type=parse_assignment, default=[],
+                        metavar="KEY=VALUE", help="any method option, e.g. layer=blocks.9")
+    parser.add_argument("--dataset-option", action="append", type=parse_assignment, default=[],
+                        metavar="KEY=VALUE", help="any dataset option, e.g. validation=heldout")
+    parser.add_argument("--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from endebias.config import make_config
+
+    overrides: dict[str, Any] = {"dataset": args.dataset, "method": args.method, "device": args.device}
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "seed", "train_subset", "eval_subset"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    dataset_options = dict(args.dataset_option)
+    if args.rho is not None:
+        dataset_options["rho"] = args.rho
+    method_options = dict(args.method_option)
+    for name in ("alpha", "beta"):
+        if getattr(args, name) is not None:
+            method_options[name] = getattr(args, name)
+    overrides["dataset_options"] = dataset_options
+    overrides["method_options"] = method_options
+    return make_config(args.preset, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from endebias.train import fit, summary_line
+
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"{config.dataset}-{config.method}-{records.config_hash(config.to_dict())}"
+    )
+    print(f"run folder: {out}")
+    best = fit(config, out, data_dir=args.data_dir, resume=args.resume,
+               progress=not args.no_progress, echo=print)
+    print(summary_line(best))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from endebias.demo import run_demo
+
+    return run_demo(out=Path(args.out), data_dir=args.data_dir, rho=args.rho, seed=args.seed,
+                    epochs=args.epochs, progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="endebias", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one run and print its best-by-valid result")
+    add_train_options(train)
+    train.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<config hash>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(handler=cmd_train)
+
+    demo = commands.add_parser("demo", help="vanilla vs EnD on Biased MNIST: a table and a picture")
+    demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--data-dir")
+    demo.add_argument("--rho", type=float, default=0.997)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--epochs", type=int, help="override the quick preset's epochs")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished epochs are saved; rerun with --resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # Expected failures (bad options, missing or corrupt data, a non-finite loss): one
+        # line naming the culprit, no traceback. -v shows the traceback.
+        if args.verbose:
+            raise
+        print(f"endebias: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,104 @@
+"""Training methods behind a name registry with one constructor signature.
+
+A method wraps a model and defines the training loss; the trainer calls
+``training_step`` and ``forward`` and never branches on a method's name::
+
+    method = build_method(name, model=model, num_targets=T, num_biases=C,
+                          train_targets=..., train_biases=..., **hyperparameters)
+    loss, logits, parts = method.training_step(inputs, targets, biases, indices)
+
+``parts`` holds named 0-d loss components (``ce``, ``r_perp``...) for logging. A method is
+an ``nn.Module``: the optimiser trains ``method.parameters()`` (a twin model too, for
+methods that have one) and its ``state_dict`` holds everything a resumed run needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``defaults`` (hyper-parameter -> default value) and
+    ``search_space`` (sweep-file ``parameters`` entries) and implement ``training_step``."""
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_targets: int,
+        num_biases: int,
+        train_targets: Tensor,
+        train_biases: Tensor,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.num_targets = num_targets
+        self.num_biases = num_biases
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Logits used for evaluation."""
+        return self.model(inputs)
+
+    def training_step(
+        self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+
+MethodClass = type[Method]
+_REGISTRY: dict[str, MethodClass] = {}
+
+
+def register_method(name: str) -> Callable[[MethodClass], MethodClass]:
+    def decorator(cls: MethodClass) -> MethodClass:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> MethodClass:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def build_method(
+    name: str,
+    *,
+    model: nn.Module,
+    num_targets: int,
+    num_biases: int,
+    train_targets: Tensor,
+    train_biases: Tensor,
+    **hyperparameters: Any,
+) -> Method:
+    cls = method_class(name)
+    unknown = sorted(set(hyperparameters) - set(cls.defaults))
+    if unknown:
+        known = ", ".join(sorted(cls.defaults)) or "none"
+        raise ValueError(f"method {name!r} has no option {unknown[0]!r}; its options: {known}")
+    options = {**cls.defaults, **hyperparameters}
+    return cls(
+        model,
+        num_targets=num_targets,
+        num_biases=num_biases,
+        train_targets=train_targets,
+        train_biases=train_biases,
+        **options,
+    )
+
+
+from endebias.methods import end, vanilla  # noqa: E402,F401  (register the built-in methods)

@@ -1,0 +1,17 @@
+"""Plain empirical risk minimisation: cross-entropy only."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from endebias.methods import Method, register_method
+
+
+@register_method("vanilla")
+class Vanilla(Method):
+    def training_step(
+        self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        logits = self.model(inputs)
+        ce = nn.functional.cross_entropy(logits, targets)
+        return ce, logits, {"ce": ce.detach()}

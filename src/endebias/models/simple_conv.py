@@ -1,0 +1,83 @@
+"""SimpleConvNet, the Biased MNIST model of ReBias and EnD (DESIGN.md section 3).
+
+Four blocks of [conv -> BatchNorm -> activation] with 16/32/64/128 channels, the last
+activation Tanh, then global average pooling, L2 normalisation and a linear classifier.
+EnD reads the normalised pooled features (layer ``pattern_norm``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from endebias.hooks import L2Normalize
+from endebias.models import register_model
+
+
+class SimpleConvNet(nn.Module):
+    feature_layer = "pattern_norm"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        kernel_size: int = 7,
+        pool_after: Sequence[int] = (),
+    ) -> None:
+        """``pool_after`` lists the blocks followed by a 2x2 max-pool: none in the paper's
+        model; the quick preset pools early to cut the cost of the later blocks 16-fold."""
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to keep the image size, got {kernel_size}")
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for index, width in enumerate(channels):
+            # The paper's last block ends in Tanh rather than ReLU: bounded features.
+            activation = nn.Tanh() if index == len(channels) - 1 else nn.ReLU()
+            layers += [
+                nn.Conv2d(previous, width, kernel_size, padding=kernel_size // 2),
+                nn.BatchNorm2d(width),
+                activation,
+            ]
+            if index in pool_after:
+                layers.append(nn.MaxPool2d(2))
+            previous = width
+        self.blocks = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.pattern_norm = L2Normalize()
+        self.fc = nn.Linear(previous, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.pattern_norm(self.flatten(self.pool(self.blocks(x))))
+        return self.fc(features)
+
+
+@register_model("simple-conv")
+def build_simple_conv(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    channels: Sequence[int] = (16, 32, 64, 128),
+    kernel_size: int = 7,
+    pool_after: Sequence[int] = (),
+) -> SimpleConvNet:
+    return SimpleConvNet(
+        num_classes=num_classes,
+        in_channels=input_shape[0],
+        channels=tuple(channels),
+        kernel_size=kernel_size,
+        pool_after=tuple(pool_after),
+    )

@@ -1,0 +1,285 @@
+"""The fit/evaluate loop. It knows nothing about a specific method or dataset: it sees a
+:class:`~endebias.data.Benchmark`, a model from the registry and a
+:class:`~endebias.methods.Method`, and writes the run's records.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from endebias import records
+from endebias.config import TrainConfig
+from endebias.data import Benchmark, Split, build_dataset
+from endebias.methods import Method, build_method
+from endebias.metrics import aligned_groups, group_counts, group_metrics
+from endebias.models import build_model
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops at its last good checkpoint."""
+
+
+class RunAlreadyExistsError(RuntimeError):
+    """The run folder holds another run; pass resume=True to continue it."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _subset(split: Split, size: int | None, seed: int) -> Split:
+    if size is None or size >= len(split):
+        return split
+    generator = torch.Generator().manual_seed(seed)
+    return split.subset(torch.randperm(len(split), generator=generator)[:size])
+
+
+def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.device) -> Benchmark:
+    benchmark = build_dataset(
+        config.dataset, data_dir=data_dir, seed=config.seed, **config.dataset_options
+    )
+    # Subsets are fixed by the config's seed (train) or by a constant (evaluation), so
+    # runs with different seeds are evaluated on the same images.
+    benchmark.train = _subset(benchmark.train, config.train_subset, config.seed)
+    benchmark.evaluations = {
+        name: _subset(split, config.eval_subset, 0) for name, split in benchmark.evaluations.items()
+    }
+    benchmark.train = benchmark.train.to(device)
+    benchmark.evaluations = {name: s.to(device) for name, s in benchmark.evaluations.items()}
+    return benchmark
+
+
+@torch.no_grad()
+def evaluate(
+    method: Method, benchmark: Benchmark, split: Split, *, batch_size: int, aligned: Tensor
+) -> dict[str, Any]:
+    method.eval()
+    counts = None
+    for start in range(0, len(split), batch_size):
+        inputs = benchmark.prepare(split.inputs[start : start + batch_size])
+        predictions = method(inputs).argmax(dim=1)
+        batch_counts = group_counts(
+            predictions,
+            split.targets[start : start + batch_size],
+            split.biases[start : start + batch_size],
+            num_targets=benchmark.num_targets,
+            num_biases=benchmark.num_biases,
+        )
+        counts = batch_counts if counts is None else counts + batch_counts
+    assert counts is not None, "empty evaluation split"
+    return group_metrics(counts, aligned)
+
+
+def _train_epoch(
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    benchmark: Benchmark,
+    config: TrainConfig,
+    epoch: int,
+    progress: bool,
+) -> dict[str, float]:
+    method.train()
+    train = benchmark.train
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    order = torch.randperm(len(train), generator=generator).to(train.targets.device)
+    # Sums stay on the device and are read once per epoch; on CPU a per-step finiteness
+    # check is free, on a GPU it would cost a sync, so it runs every 50 steps there.
+    check_every = 1 if train.targets.device.type == "cpu" else 50
+    sums: dict[str, Tensor] = {}
+    correct = torch.zeros((), dtype=torch.long, device=train.targets.device)
+    batches = order.split(config.batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
+    for step, indices in enumerate(bar):
+        inputs = benchmark.prepare(train.inputs[indices])
+        targets, biases = train.targets[indices], train.biases[indices]
+        loss, logits, parts = method.training_step(inputs, targets, biases, indices)
+        if step % check_every == 0 or step == len(batches) - 1:
+            if not torch.isfinite(loss):
+                shown = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                raise NonFiniteLossError(
+                    f"non-finite training loss {float(loss)} at epoch {epoch}, step {step} ({shown})"
+                )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        size = len(indices)
+        for key, value in {"loss": loss.detach(), **parts}.items():
+            sums[key] = sums.get(key, 0) + value * size
+        correct += (logits.detach().argmax(dim=1) == targets).sum()
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+    count = len(train)
+    result = {key: float(value) / count for key, value in sums.items()}
+    result["acc"] = float(correct) / count
+    return result
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch with the highest valid accuracy (the first such epoch on ties), as the paper."""
+    return max(history, key=lambda r: (r["valid_acc"], -r["epoch"]))
+
+
+def format_epoch(record: dict[str, Any], evaluation_names: list[str]) -> str:
+    """One line per epoch, as the original printed: train accuracy and loss with its parts,
+    then the accuracy on each evaluation split."""
+    fixed = {"train_loss", "train_acc", "train_seconds"}
+    parts = [f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train_") and k not in fixed]
+    line = f"epoch {record['epoch']:3d} | train acc {record['train_acc']:.4f} loss {record['train_loss']:.4f}"
+    if parts:
+        line += f" ({', '.join(parts)})"
+    for name in evaluation_names:
+        line += f" | {name.replace('_test', '')} {record[f'{name}_acc']:.4f}"
+    return line
+
+
+def fit(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and return its best-by-valid record.
+
+    ``resume=True`` continues from the last checkpoint (a finished run returns at once).
+    ``on_epoch(epoch, record)`` runs after each epoch's records are written; it may raise
+    to stop the run (sweeps prune this way).
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / records.CONFIG
+    checkpoint_path = run_dir / records.CHECKPOINT
+    if config_path.exists():
+        recorded = records.read_json(config_path)
+        if recorded != config.to_dict():
+            raise RunAlreadyExistsError(
+                f"{run_dir} holds a run with another config; choose another --out folder"
+            )
+        if not resume:
+            raise RunAlreadyExistsError(
+                f"{run_dir} already holds this run; pass --resume to continue it"
+            )
+        if (run_dir / records.DONE).exists():
+            return records.read_json(run_dir / records.BEST)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.atomic_write_json(config_path, config.to_dict())
+    (run_dir / records.ERROR).unlink(missing_ok=True)
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    benchmark = load_benchmark(config, data_dir=data_dir, device=device)
+    train_counts = group_counts(
+        benchmark.train.targets,
+        benchmark.train.targets,
+        benchmark.train.biases,
+        num_targets=benchmark.num_targets,
+        num_biases=benchmark.num_biases,
+    )[0]
+    aligned = aligned_groups(train_counts)
+
+    torch.manual_seed(config.seed)
+    model = build_model(
+        config.model,
+        num_classes=benchmark.num_targets,
+        input_shape=benchmark.input_shape,
+        **config.model_options,
+    )
+    method = build_method(
+        config.method,
+        model=model,
+        num_targets=benchmark.num_targets,
+        num_biases=benchmark.num_biases,
+        train_targets=benchmark.train.targets,
+        train_biases=benchmark.train.biases,
+        **config.method_options,
+    ).to(device)
+    optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, gamma=config.lr_gamma)
+
+    history: list[dict[str, Any]] = []
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = state["history"]
+        log.info("resuming %s after epoch %d", run_dir, len(history))
+
+    names = list(benchmark.evaluations)
+    try:
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            train_stats = _train_epoch(method, optimizer, benchmark, config, epoch, progress)
+            scheduler.step()
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+            record.update({f"train_{k}": v for k, v in train_stats.items()})
+            record["train_seconds"] = time.perf_counter() - started
+            for name, split in benchmark.evaluations.items():
+                metrics = evaluate(
+                    method, benchmark, split, batch_size=config.eval_batch_size, aligned=aligned
+                )
+                record.update({f"{name}_{k}": v for k, v in metrics.items()})
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            # The checkpoint carries the history, so the records rewritten from it after a
+            # kill always match the weights they describe.
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "history": history,
+                    "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                },
+            )
+            records.write_metrics(run_dir, history)
+            records.atomic_write_json(run_dir / records.BEST, _best(history))
+            if echo is not None:
+                echo(format_epoch(record, names))
+            if on_epoch is not None:
+                on_epoch(epoch, record)
+    except NonFiniteLossError as error:
+        records.atomic_write_json(
+            run_dir / records.ERROR, {"error": type(error).__name__, "message": str(error)}
+        )
+        raise
+    if not history:
+        raise RuntimeError(f"{run_dir}: no epoch was run (epochs={config.epochs})")
+    best = _best(history)
+    (run_dir / records.DONE).write_text("")
+    return best
+
+
+def summary_line(best: dict[str, Any]) -> str:
+    keys = [k for k in best if k.endswith("_acc") and not k.startswith("train")]
+    shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in keys if best[k] is not None)
+    return f"best epoch {best['epoch']} by valid accuracy: {shown}"
