@@ -43,6 +43,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="any method option, e.g. layer=blocks.9")
     parser.add_argument("--dataset-option", action="append", type=parse_assignment, default=[],
                         metavar="KEY=VALUE", help="any dataset option, e.g. validation=heldout")
+    parser.add_argument("--save-features", type=int, metavar="N",
+                        help="save the feature layer's outputs of N test images every epoch")
     parser.add_argument("--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)")
 
 
@@ -50,7 +52,10 @@ def config_from_args(args: argparse.Namespace):
     from endebias.config import make_config
 
     overrides: dict[str, Any] = {"dataset": args.dataset, "method": args.method, "device": args.device}
-    for name in ("epochs", "batch_size", "lr", "weight_decay", "seed", "train_subset", "eval_subset"):
+    for name in (
+        "epochs", "batch_size", "lr", "weight_decay", "seed", "train_subset", "eval_subset",
+        "save_features",
+    ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     dataset_options = dict(args.dataset_option)

@@ -29,6 +29,9 @@ class TrainConfig:
     eval_batch_size: int = 1024
     device: str = "auto"
     preset: str | None = None
+    # Save the feature-layer outputs of this many fixed unbiased-test images every epoch
+    # (for `endebias plot features`); 0 saves nothing.
+    save_features: int = 0
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr_step", "eval_batch_size")
@@ -36,6 +39,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.save_features, int) or self.save_features < 0:
+            raise ValueError(f"save_features must be an integer >= 0, got {self.save_features!r}")
         for name in ("train_subset", "eval_subset"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -132,6 +132,32 @@ def _train_epoch(
     return result
 
 
+@torch.no_grad()
+def save_features(
+    method: Method, benchmark: Benchmark, run_dir: Path, epoch: int, count: int
+) -> None:
+    """Write the feature-layer outputs of a fixed test subset as ``features/epoch_NNN.npy``
+    (numpy, so plots read them without torch), with ``features/labels.npz`` once."""
+    import numpy as np
+
+    from endebias.hooks import capture_features
+
+    split = _subset(benchmark.evaluations.get("unbiased_test", benchmark.evaluations["valid"]), count, 1)
+    folder = run_dir / "features"
+    folder.mkdir(exist_ok=True)
+    layer = getattr(method, "layer", None) or method.model.feature_layer
+    method.eval()
+    with capture_features(method.model, layer) as captured:
+        method(benchmark.prepare(split.inputs))
+    features = captured.get().reshape(len(split), -1).float().cpu().numpy()
+    labels = folder / "labels.npz"
+    if not labels.exists():
+        np.savez(labels, targets=split.targets.cpu().numpy(), biases=split.biases.cpu().numpy())
+    tmp = folder / f".epoch_{epoch:03d}.npy"
+    np.save(tmp, features)
+    os.replace(tmp, folder / f"epoch_{epoch:03d}.npy")
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -187,9 +213,6 @@ def fit(
             )
         if (run_dir / records.DONE).exists():
             return records.read_json(run_dir / records.BEST)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    records.atomic_write_json(config_path, config.to_dict())
-    (run_dir / records.ERROR).unlink(missing_ok=True)
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -221,6 +244,10 @@ def fit(
     ).to(device)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, gamma=config.lr_gamma)
+    # Only now, with every option checked, does the folder become a run.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.atomic_write_json(config_path, config.to_dict())
+    (run_dir / records.ERROR).unlink(missing_ok=True)
 
     history: list[dict[str, Any]] = []
     if resume and checkpoint_path.exists():
@@ -248,6 +275,8 @@ def fit(
                 )
                 record.update({f"{name}_{k}": v for k, v in metrics.items()})
             record["seconds"] = time.perf_counter() - started
+            if config.save_features:
+                save_features(method, benchmark, run_dir, epoch, config.save_features)
             history.append(record)
             # The checkpoint carries the history, so the records rewritten from it after a
             # kill always match the weights they describe.
@@ -280,6 +309,6 @@ def fit(
 
 
 def summary_line(best: dict[str, Any]) -> str:
-    keys = [k for k in best if k.endswith("_acc") and not k.startswith("train")]
-    shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in keys if best[k] is not None)
+    keys = [k for k, v in best.items() if k.endswith("_acc") and isinstance(v, float)]
+    shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in keys if not k.startswith("train"))
     return f"best epoch {best['epoch']} by valid accuracy: {shown}"
