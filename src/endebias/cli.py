@@ -24,13 +24,23 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="biased-mnist", help="benchmark name (default: %(default)s)")
-    parser.add_argument("--rho", type=float, help="bias strength: the aligned fraction of training data")
-    parser.add_argument("--method", default="vanilla", help="training method (default: %(default)s)")
+    parser.add_argument(
+        "--dataset", default="biased-mnist", help="benchmark name (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rho", type=float, help="bias strength: the aligned fraction of training data"
+    )
+    parser.add_argument(
+        "--method", default="vanilla", help="training method (default: %(default)s)"
+    )
     parser.add_argument("--alpha", type=float, help="EnD disentangling weight")
     parser.add_argument("--beta", type=float, help="EnD entangling weight")
-    parser.add_argument("--preset", default="quick", choices=["paper", "quick"],
-                        help="paper: DESIGN.md's exact protocol (GPU); quick: minutes on CPU")
+    parser.add_argument(
+        "--preset",
+        default="quick",
+        choices=["paper", "quick"],
+        help="paper: DESIGN.md's exact protocol (GPU); quick: minutes on CPU",
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
@@ -39,21 +49,49 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, help="train on this many images only")
     parser.add_argument("--eval-subset", type=int, help="evaluate on this many images per split")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--method-option", action="append", type=parse_assignment, default=[],
-                        metavar="KEY=VALUE", help="any method option, e.g. layer=blocks.9")
-    parser.add_argument("--dataset-option", action="append", type=parse_assignment, default=[],
-                        metavar="KEY=VALUE", help="any dataset option, e.g. validation=heldout")
-    parser.add_argument("--save-features", type=int, metavar="N",
-                        help="save the feature layer's outputs of N test images every epoch")
-    parser.add_argument("--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)")
+    parser.add_argument(
+        "--method-option",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="any method option, e.g. layer=blocks.9",
+    )
+    parser.add_argument(
+        "--dataset-option",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="any dataset option, e.g. validation=heldout",
+    )
+    parser.add_argument(
+        "--save-features",
+        type=int,
+        metavar="N",
+        help="save the feature layer's outputs of N test images every epoch",
+    )
+    parser.add_argument(
+        "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
+    )
 
 
 def config_from_args(args: argparse.Namespace):
     from endebias.config import make_config
 
-    overrides: dict[str, Any] = {"dataset": args.dataset, "method": args.method, "device": args.device}
+    overrides: dict[str, Any] = {
+        "dataset": args.dataset,
+        "method": args.method,
+        "device": args.device,
+    }
     for name in (
-        "epochs", "batch_size", "lr", "weight_decay", "seed", "train_subset", "eval_subset",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "seed",
+        "train_subset",
+        "eval_subset",
         "save_features",
     ):
         if getattr(args, name) is not None:
@@ -74,12 +112,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from endebias.train import fit, summary_line
 
     config = config_from_args(args)
-    out = Path(args.out) if args.out else Path("runs") / (
-        f"{config.dataset}-{config.method}-{records.config_hash(config.to_dict())}"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs")
+        / (f"{config.dataset}-{config.method}-{records.config_hash(config.to_dict())}")
     )
     print(f"run folder: {out}")
-    best = fit(config, out, data_dir=args.data_dir, resume=args.resume,
-               progress=not args.no_progress, echo=print)
+    best = fit(
+        config,
+        out,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        echo=print,
+    )
     print(summary_line(best))
     return 0
 
@@ -87,8 +134,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from endebias.demo import run_demo
 
-    return run_demo(out=Path(args.out), data_dir=args.data_dir, rho=args.rho, seed=args.seed,
-                    epochs=args.epochs, progress=not args.no_progress)
+    return run_demo(
+        out=Path(args.out),
+        data_dir=args.data_dir,
+        rho=args.rho,
+        seed=args.seed,
+        epochs=args.epochs,
+        train_subset=args.train_subset,
+        eval_subset=args.eval_subset,
+        progress=not args.no_progress,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rho", type=float, default=0.997)
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--epochs", type=int, help="override the quick preset's epochs")
+    demo.add_argument("--train-subset", type=int, help="a smoke run: train on this many images")
+    demo.add_argument("--eval-subset", type=int, help="a smoke run: evaluate this many per split")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(handler=cmd_demo)
     return parser
@@ -117,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.handler(args)
     except KeyboardInterrupt:

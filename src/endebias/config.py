@@ -63,7 +63,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown training option {unknown[0]!r}; known: {', '.join(sorted(known))}"
+            )
         return cls(**values)
 
 

@@ -20,11 +20,14 @@ def run_demo(
     rho: float = 0.997,
     seed: int = 42,
     epochs: int | None = None,
+    train_subset: int | None = None,
+    eval_subset: int | None = None,
     progress: bool = True,
 ) -> int:
     runs = {}
     for label, method, options in (("vanilla", "vanilla", {}), ("EnD", "end", DEMO_END_OPTIONS)):
-        overrides = {"epochs": epochs} if epochs else {}
+        overrides = {"epochs": epochs, "train_subset": train_subset, "eval_subset": eval_subset}
+        overrides = {key: value for key, value in overrides.items() if value is not None}
         config = make_config(
             "quick",
             dataset="biased-mnist",
@@ -41,7 +44,9 @@ def run_demo(
         print(summary_line(best))
         runs[label] = load_run(run_dir)
     table = side_by_side_table(runs)
-    print(f"\nBiased MNIST, rho={rho}, quick preset, seed {seed} (accuracy %, best epoch by valid):")
+    print(
+        f"\nBiased MNIST, rho={rho}, quick preset, seed {seed} (accuracy %, best epoch by valid):"
+    )
     print(table)
     (out / "table.md").write_text(table + "\n")
     picture = plot_comparison(runs, out / "demo.png")

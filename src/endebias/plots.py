@@ -21,7 +21,9 @@ def _group_matrix(run: Run, split: str) -> np.ndarray | None:
     return np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
 
 
-def plot_comparison(runs: dict[str, Run], path: str | Path, *, split: str = "unbiased_test") -> Path:
+def plot_comparison(
+    runs: dict[str, Run], path: str | Path, *, split: str = "unbiased_test"
+) -> Path:
     """Accuracy per epoch on ``split`` for every run, then each run's target x bias accuracy
     matrix at its best-by-valid epoch as a heat map."""
     path = Path(path)
@@ -39,8 +41,11 @@ def plot_comparison(runs: dict[str, Run], path: str | Path, *, split: str = "unb
             axis.set_axis_off()
             continue
         image = axis.imshow(100 * matrix, vmin=0, vmax=100, cmap="viridis")
-        axis.set(xlabel="bias (colour)", ylabel="target (digit)",
-                 title=f"{label}: accuracy per group (%)")
+        axis.set(
+            xlabel="bias (colour)",
+            ylabel="target (digit)",
+            title=f"{label}: accuracy per group (%)",
+        )
         axis.set_xticks(range(matrix.shape[1]))
         axis.set_yticks(range(matrix.shape[0]))
         fig.colorbar(image, ax=axis, fraction=0.046)

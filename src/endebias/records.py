@@ -23,19 +23,19 @@ DONE = "done"
 ERROR = "error.json"
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/inf are not JSON: store them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def dumps(value: Any, **kwargs: Any) -> str:
-    return json.dumps(_json_safe(value), allow_nan=False, **kwargs)
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -111,12 +110,13 @@ def _train_epoch(
         inputs = benchmark.prepare(train.inputs[indices])
         targets, biases = train.targets[indices], train.biases[indices]
         loss, logits, parts = method.training_step(inputs, targets, biases, indices)
-        if step % check_every == 0 or step == len(batches) - 1:
-            if not torch.isfinite(loss):
-                shown = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                raise NonFiniteLossError(
-                    f"non-finite training loss {float(loss)} at epoch {epoch}, step {step} ({shown})"
-                )
+        checking = step % check_every == 0 or step == len(batches) - 1
+        if checking and not torch.isfinite(loss):
+            shown = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(
+                f"non-finite training loss {float(loss.detach())} at epoch {epoch}, "
+                f"step {step} ({shown})"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -125,7 +125,7 @@ def _train_epoch(
             sums[key] = sums.get(key, 0) + value * size
         correct += (logits.detach().argmax(dim=1) == targets).sum()
         if progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     count = len(train)
     result = {key: float(value) / count for key, value in sums.items()}
     result["acc"] = float(correct) / count
@@ -142,7 +142,9 @@ def save_features(
 
     from endebias.hooks import capture_features
 
-    split = _subset(benchmark.evaluations.get("unbiased_test", benchmark.evaluations["valid"]), count, 1)
+    split = _subset(
+        benchmark.evaluations.get("unbiased_test", benchmark.evaluations["valid"]), count, 1
+    )
     folder = run_dir / "features"
     folder.mkdir(exist_ok=True)
     layer = getattr(method, "layer", None) or method.model.feature_layer
@@ -173,8 +175,13 @@ def format_epoch(record: dict[str, Any], evaluation_names: list[str]) -> str:
     """One line per epoch, as the original printed: train accuracy and loss with its parts,
     then the accuracy on each evaluation split."""
     fixed = {"train_loss", "train_acc", "train_seconds"}
-    parts = [f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train_") and k not in fixed]
-    line = f"epoch {record['epoch']:3d} | train acc {record['train_acc']:.4f} loss {record['train_loss']:.4f}"
+    parts = [
+        f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train_") and k not in fixed
+    ]
+    line = (
+        f"epoch {record['epoch']:3d} | train acc {record['train_acc']:.4f} "
+        f"loss {record['train_loss']:.4f}"
+    )
     if parts:
         line += f" ({', '.join(parts)})"
     for name in evaluation_names:
@@ -242,7 +249,9 @@ def fit(
         train_biases=benchmark.train.biases,
         **config.method_options,
     ).to(device)
-    optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        method.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, gamma=config.lr_gamma)
     # Only now, with every option checked, does the folder become a run.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +286,8 @@ def fit(
             record["seconds"] = time.perf_counter() - started
             if config.save_features:
                 save_features(method, benchmark, run_dir, epoch, config.save_features)
-            history.append(record)
+            # NaN (an empty group set) is stored as null: records in memory equal those on disk.
+            history.append(records.json_safe(record))
             # The checkpoint carries the history, so the records rewritten from it after a
             # kill always match the weights they describe.
             _save_checkpoint(

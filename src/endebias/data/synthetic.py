@@ -19,9 +19,7 @@ _COLOURS = torch.tensor(
 )
 
 
-def _make_split(
-    patterns: Tensor, size: int, rho: float, generator: torch.Generator
-) -> Split:
+def _make_split(patterns: Tensor, size: int, rho: float, generator: torch.Generator) -> Split:
     num_classes = patterns.shape[0]
     targets = torch.randint(num_classes, (size,), generator=generator)
     flips = torch.rand(size, *patterns.shape[1:], generator=generator) < 0.1

@@ -101,4 +101,5 @@ def build_method(
     )
 
 
-from endebias.methods import end, vanilla  # noqa: E402,F401  (register the built-in methods)
+# Register the built-in methods.
+from endebias.methods import biasbal, end, groupdro, lff, vanilla  # noqa: E402,F401
