@@ -1,0 +1,203 @@
+"""Training methods: the basics every registered method must pass (a new method cannot
+skip them), the trainer and command line, and option validation. The baselines' formulas
+are checked in test_method_formulas.py."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from endebias import records
+from endebias.config import make_config
+from endebias.data import build_dataset
+from endebias.methods import build_method, method_class, method_names
+from endebias.models import build_model
+from endebias.train import fit
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+TINY_MODEL = {"channels": [4, 8], "kernel_size": 3}
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: with several threads, OpenMP hand-offs dominate, and on a
+    busy 2-core machine they made these tests 50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------- every method ---
+
+
+def _data():
+    return build_dataset("synthetic", seed=0, rho=0.9, train_size=96, eval_size=32)
+
+
+def _build(name: str, seed: int, benchmark, **options):
+    torch.manual_seed(seed)
+    model = build_model(
+        "simple-conv", num_classes=benchmark.num_targets, input_shape=benchmark.input_shape,
+        **TINY_MODEL,
+    )
+    return build_method(
+        name,
+        model=model,
+        num_targets=benchmark.num_targets,
+        num_biases=benchmark.num_biases,
+        train_targets=benchmark.train.targets,
+        train_biases=benchmark.train.biases,
+        **options,
+    )
+
+
+def _step(method, optimizer, benchmark, indices):
+    train = benchmark.train
+    loss, logits, parts = method.training_step(
+        benchmark.prepare(train.inputs[indices]), train.targets[indices],
+        train.biases[indices], indices,
+    )
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss, logits, parts
+
+
+def _train(name: str, seed: int, steps: int = 3):
+    benchmark = _data()
+    method = _build(name, seed, benchmark)
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
+    order = torch.randperm(len(benchmark.train), generator=torch.Generator().manual_seed(seed))
+    losses = []
+    for batch in order.split(32)[:steps]:
+        loss, logits, parts = _step(method, optimizer, benchmark, batch)
+        assert logits.shape == (len(batch), benchmark.num_targets)
+        assert all(v.dim() == 0 and torch.isfinite(v) for v in parts.values()), parts
+        losses.append(float(loss.detach()))
+    return method, losses
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_trains_deterministically_and_round_trips(name):
+    first, losses = _train(name, seed=1)
+    assert all(math.isfinite(v) for v in losses)
+    again, losses_again = _train(name, seed=1)
+    other, _ = _train(name, seed=2)
+    assert losses == losses_again
+    state, state_again = first.state_dict(), again.state_dict()
+    assert all(torch.equal(state[k], state_again[k]) for k in state)
+    assert not all(torch.equal(state[k], other.state_dict()[k]) for k in state)
+
+    # Save, load into a method built with another seed: same tensors, same outputs, and
+    # the next training step (which reads buffers such as EMAs or group weights) agrees.
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = _build(name, seed=99, benchmark=_data())
+    loaded.load_state_dict(torch.load(buffer, weights_only=True))
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    benchmark = _data()
+    inputs = benchmark.prepare(benchmark.train.inputs[:16])
+    first.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(first(inputs), loaded(inputs))
+    first.train()
+    loaded.train()
+    batch = torch.arange(40, 72)
+    step_first = _step(first, torch.optim.SGD(first.parameters(), lr=0.1), benchmark, batch)
+    step_loaded = _step(loaded, torch.optim.SGD(loaded.parameters(), lr=0.1), benchmark, batch)
+    assert torch.equal(step_first[0], step_loaded[0])
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, first.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_declares_options_and_search_space(name):
+    cls = method_class(name)
+    assert set(cls.search_space) <= set(cls.defaults), "a swept option needs a default"
+    for spec in cls.search_space.values():
+        assert "value" in spec or "values" in spec or "distribution" in spec
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_plugs_into_the_trainer(name, tmp_path):
+    config = make_config(
+        "quick", dataset="synthetic", dataset_options={"rho": 0.9, "train_size": 128,
+                                                       "eval_size": 64},
+        model_options=TINY_MODEL, method=name, epochs=2, batch_size=32, device="cpu", seed=5,
+    )
+    best = fit(config, tmp_path / name, progress=False)
+    assert 0.0 <= best["valid_acc"] <= 1.0 and math.isfinite(best["train_loss"])
+    assert (tmp_path / name / records.DONE).exists()
+    lines = (tmp_path / name / records.METRICS).read_text().splitlines()
+    assert len(lines) == 2
+
+
+@pytest.mark.parametrize("name", ["groupdro", "lff", "biasbal"])
+def test_quick_sweep_files_use_the_search_space(name):
+    sweep = yaml.safe_load((SWEEPS / f"{name}_biased_mnist_quick.yaml").read_text())
+    assert sweep["metric"] == {"name": "valid_acc", "goal": "maximize"}
+    assert sweep["parameters"]["method"] == {"value": name}
+    for option, spec in method_class(name).search_space.items():
+        assert sweep["parameters"][option] == spec
+
+
+# ------------------------------------------- validation and the command line ---
+
+
+def _build_tiny(name: str, targets, biases, **options):
+    return build_method(
+        name, model=nn.Identity(), num_targets=2, num_biases=2,
+        train_targets=torch.tensor(targets), train_biases=torch.tensor(biases), **options,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("groupdro", {"step_size": -0.1}, "step_size"),
+        ("groupdro", {"step_size": float("nan")}, "step_size"),
+        ("groupdro", {"generalization_adjustment": -1.0}, "generalization_adjustment"),
+        ("lff", {"q": 0.0}, "q must be"),
+        ("lff", {"q": 1.5}, "q must be"),
+        ("lff", {"ema_decay": 1.0}, "ema_decay"),
+        ("lff", {"ema_decay": -0.1}, "ema_decay"),
+        ("biasbal", {"smoothing": 0.0}, "smoothing"),
+        ("biasbal", {"smoothing": float("inf")}, "smoothing"),
+        ("groupdro", {"alpha": 1.0}, "has no option 'alpha'"),
+    ],
+)
+def test_bad_options_are_refused(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        _build_tiny(name, [0, 1], [0, 1], **options)
+
+
+def test_lff_needs_train_targets():
+    with pytest.raises(ValueError, match="train_targets"):
+        _build_tiny("lff", [], [])
+
+
+@pytest.mark.parametrize(("name", "option"), [("groupdro", "step_size=0.1"), ("lff", "q=0.5"),
+                                              ("biasbal", "smoothing=0.01")])
+def test_baselines_train_from_the_command_line(name, option, tmp_path, capsys):
+    from endebias.cli import main
+
+    code = main([
+        "train", "--method", name, "--dataset", "synthetic", "--epochs", "1", "--device", "cpu",
+        "--train-subset", "64", "--eval-subset", "32", "--no-progress",
+        "--method-option", option, "--out", str(tmp_path / name),
+    ])
+    assert code == 0, capsys.readouterr().err
+    config = records.read_json(tmp_path / name / records.CONFIG)
+    key, value = option.split("=")
+    assert config["method"] == name and config["method_options"] == {key: float(value)}
+    assert "best epoch 1" in capsys.readouterr().out
+
