@@ -50,9 +50,11 @@ class SimpleConvNet(nn.Module):
         self.flatten = nn.Flatten()
         self.pattern_norm = L2Normalize()
         self.fc = nn.Linear(previous, num_classes)
-        self._init_weights()
+        self.reset_parameters()
 
-    def _init_weights(self) -> None:
+    def reset_parameters(self) -> None:
+        """The paper's initialisation (conv: Kaiming-normal, fan_out; BatchNorm: 1 and 0);
+        also what a method such as LfF calls to re-initialise a copy of the model."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
