@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from endebias import records
+from endebias import cli_sweep, records
 
 log = logging.getLogger("endebias")
 
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-subset", type=int, help="a smoke run: evaluate this many per split")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(handler=cmd_demo)
+    cli_sweep.add_commands(commands)  # sweep create/agent, results, plot features
     return parser
 
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from endebias.results import Run  # noqa: E402
+from endebias.results import Row, Run, load_run  # noqa: E402
 
 
 def _group_matrix(run: Run, split: str) -> np.ndarray | None:
@@ -54,3 +54,83 @@ def plot_comparison(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# --- Sweep figures (rows from endebias.results) ------------------------------------
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_alpha_beta(rows: list[Row], path: str | Path, *, title: str = "") -> Path:
+    """Each run at (alpha, beta), coloured by its unbiased test accuracy: where EnD works."""
+    points = [r for r in rows if r.alpha is not None and r.beta is not None
+              and r.unbiased_test_acc is not None]
+    fig, axis = plt.subplots(figsize=(5.4, 4.4))
+    if points:
+        scatter = axis.scatter([r.alpha for r in points], [r.beta for r in points],
+                               c=[100 * r.unbiased_test_acc for r in points], cmap="viridis",
+                               s=[60 if r.state == "COMPLETE" else 25 for r in points],
+                               edgecolors="black", linewidths=0.4)
+        fig.colorbar(scatter, ax=axis, label="unbiased test accuracy (%)")
+    axis.set(xlabel="alpha (disentangling)", ylabel="beta (entangling)",
+             title=title or "alpha-beta plane (small dots: not complete)")
+    axis.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_valid_vs_unbiased(rows: list[Row], path: str | Path, *, title: str = "") -> Path:
+    """Valid accuracy against unbiased test accuracy: does validation select well?"""
+    points = [r for r in rows if r.valid_acc is not None and r.unbiased_test_acc is not None]
+    fig, axis = plt.subplots(figsize=(5, 4.4))
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x"), ("RUNNING", "^"), ("FAIL", "s")):
+        chosen = [r for r in points if r.state == state]
+        if chosen:
+            axis.scatter([100 * r.valid_acc for r in chosen],
+                         [100 * r.unbiased_test_acc for r in chosen],
+                         marker=marker, label=state.lower())
+    if points:
+        low = min(100 * min(r.valid_acc, r.unbiased_test_acc) for r in points)
+        axis.plot([low, 100], [low, 100], color="grey", lw=0.8, ls="--", label="y = x")
+        axis.legend()
+    axis.set(xlabel="valid accuracy (%)", ylabel="unbiased test accuracy (%)",
+             title=title or "does validation select well?")
+    axis.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_learning_curves(
+    rows: list[Row], path: str | Path, *, top: int = 3, title: str = ""
+) -> Path:
+    """Valid (solid) and unbiased test (dashed) accuracy per epoch of the top runs."""
+    fig, axis = plt.subplots(figsize=(6, 4.4))
+    shown = [r for r in rows if r.run_dir and Path(r.run_dir, "metrics.jsonl").exists()][:top]
+    for index, row in enumerate(shown):
+        history = [h for h in load_run(row.run_dir).history if h.get("valid_acc") is not None]
+        epochs = [h["epoch"] for h in history]
+        colour = f"C{index}"
+        label = f"{row.id}: alpha {row.alpha:.3g}, beta {row.beta:.3g}" if row.alpha is not None \
+            else f"{row.id}"
+        axis.plot(epochs, [100 * h["valid_acc"] for h in history], color=colour, label=label)
+        axis.plot(epochs, [100 * (h.get("unbiased_test_acc") or float("nan")) for h in history],
+                  color=colour, ls="--")
+    axis.set(xlabel="epoch", ylabel="accuracy (%)",
+             title=title or f"top {top} runs: valid (solid), unbiased test (dashed)")
+    axis.grid(alpha=0.3)
+    if shown:
+        axis.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
+def plot_sweep(name: str, rows: list[Row], folder: str | Path, *, top: int = 3) -> list[Path]:
+    folder = Path(folder)
+    return [
+        plot_alpha_beta(rows, folder / f"{name}_alpha_beta.png", title=f"{name}: alpha-beta plane"),
+        plot_valid_vs_unbiased(rows, folder / f"{name}_valid_vs_unbiased.png"),
+        plot_learning_curves(rows, folder / f"{name}_curves.png", top=top),
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +65,192 @@ def side_by_side_table(runs: dict[str, Run]) -> str:
         cells += [percent(best.get(key)) for _, key in SIDE_BY_SIDE]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- Sweeps: one row per trial (or per run folder), top-k summary, Table 1 -------------
+
+TABLE_COLUMNS = (
+    "valid_acc", "biased_test_acc", "unbiased_test_acc", "alpha", "beta", "state", "id",
+)
+SUMMARY_METRICS = ("biased_test_acc", "unbiased_test_acc")
+# The paper's Table 1 (unbiased test accuracy, %), DESIGN.md section 3: (mean, std or None).
+PAPER_TABLE1: dict[str, dict[float, tuple[float, float | None]]] = {
+    "Vanilla": {0.999: (10.4, None), 0.997: (33.4, None), 0.995: (72.1, None), 0.990: (89.1, None)},
+    "EnD": {0.999: (52.30, 2.39), 0.997: (83.70, 1.03), 0.995: (93.92, 0.35), 0.990: (96.02, 0.08)},
+}
+PAPER_DIGITS = {"Vanilla (paper)": 1}  # printed as the paper prints them
+
+
+@dataclass
+class Row:
+    """One trial or run at its best-by-valid epoch (accuracies as fractions)."""
+
+    id: str
+    state: str
+    valid_acc: float | None
+    biased_test_acc: float | None
+    unbiased_test_acc: float | None
+    config: dict[str, Any]
+    run_dir: str | None = None
+    epoch: int | None = None
+
+    @property
+    def alpha(self) -> float | None:
+        return self.config.get("method_options", {}).get("alpha")
+
+    @property
+    def beta(self) -> float | None:
+        return self.config.get("method_options", {}).get("beta")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"valid_acc": self.valid_acc, "biased_test_acc": self.biased_test_acc,
+                "unbiased_test_acc": self.unbiased_test_acc, "alpha": self.alpha,
+                "beta": self.beta, "state": self.state, "id": self.id, "epoch": self.epoch,
+                "method": self.config.get("method"),
+                "rho": self.config.get("dataset_options", {}).get("rho"),
+                "run_dir": self.run_dir}
+
+
+def sort_rows(rows: list[Row]) -> list[Row]:
+    """Best valid accuracy first (rows without one last), ties by id, as the original."""
+    return sorted(rows, key=lambda r: (r.valid_acc is None, -(r.valid_acc or 0.0), r.id))
+
+
+def rows_from_study(study: Any) -> list[Row]:
+    """Rows of an Optuna study made by ``endebias sweep``: one per trial with a result.
+    Trials that were re-queued (their retry holds the run) and surplus trials are left out."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried |= {t.user_attrs["requeued_from"] for t in trials if "requeued_from" in t.user_attrs}
+    rows = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        if trial.number in retried or attrs.get("surplus") or attrs.get("valid_acc") is None:
+            continue
+        rows.append(Row(
+            id=str(trial.number), state=trial.state.name, valid_acc=attrs["valid_acc"],
+            biased_test_acc=attrs.get("biased_test_acc"),
+            unbiased_test_acc=attrs.get("unbiased_test_acc"),
+            config=attrs.get("config", {}), run_dir=attrs.get("run_dir"),
+            epoch=attrs.get("best_epoch"),
+        ))
+    return sort_rows(rows)
+
+
+def rows_from_runs(folder: str | Path) -> list[Row]:
+    """Rows from run folders (``runs/<sweep id>/*``), for when the database is not at hand."""
+    rows = []
+    for run_dir in sorted(p for p in Path(folder).iterdir() if (p / records.CONFIG).exists()):
+        run = load_run(run_dir)
+        if run.best is None:
+            continue
+        state = "COMPLETE" if run.done else "FAIL" if run.error else "RUNNING"
+        rows.append(Row(
+            id=run_dir.name, state=state, valid_acc=run.best.get("valid_acc"),
+            biased_test_acc=run.best.get("biased_test_acc"),
+            unbiased_test_acc=run.best.get("unbiased_test_acc"),
+            config=run.config, run_dir=str(run_dir), epoch=run.best.get("epoch"),
+        ))
+    return sort_rows(rows)
+
+
+def summarize(rows: list[Row], *, top: int = 3) -> dict[str, tuple[float, float] | None]:
+    """Mean and population std (x100) over the ``top`` complete rows by valid accuracy;
+    running, pruned or failed trials never count as results."""
+    best = [r for r in sort_rows(rows) if r.state == "COMPLETE"][:top]
+    summary: dict[str, tuple[float, float] | None] = {}
+    for metric in SUMMARY_METRICS:
+        values = [getattr(r, metric) for r in best if getattr(r, metric) is not None]
+        if not values:
+            summary[metric] = None
+            continue
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        summary[metric] = (100 * mean, 100 * std)
+    return summary
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _pm(pair: tuple[float, float | None] | None, digits: int = 2) -> str:
+    if pair is None:
+        return "n/a"
+    mean, std = pair
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text") -> str:
+    """The original results script's output (text), or the same rows as csv/json/markdown."""
+    summary = summarize(rows, top=top)
+    if fmt == "json":
+        stats = {k: None if v is None else {"mean": v[0], "std": v[1]} for k, v in summary.items()}
+        document = {"study": name, "top": top, "rows": [r.as_dict() for r in rows],
+                    "summary": stats}
+        return records.dumps(document, indent=2) + "\n"
+    if fmt == "csv":
+        columns = ["study", *TABLE_COLUMNS, "epoch", "method", "rho", "run_dir"]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            values = row.as_dict()
+            writer.writerow({"study": name, **{k: values[k] for k in columns[1:]}})
+        return buffer.getvalue()
+    cells = [[_cell(row.as_dict()[c]) for c in TABLE_COLUMNS] for row in rows]
+    lines_out: list[str]
+    if fmt == "markdown":
+        lines_out = [f"### {name}", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
+                     "|" + "---:|" * (len(TABLE_COLUMNS) - 2) + "---|---|"]
+        lines_out += ["| " + " | ".join(c) + " |" for c in cells]
+        lines_out += ["", f"Top {top} complete runs by valid accuracy "
+                      "(mean ± population std, %):", ""]
+        lines_out += [f"- {metric}: {_pm(summary[metric])}" for metric in SUMMARY_METRICS]
+        return "\n".join(lines_out) + "\n"
+    if fmt != "text":
+        raise ValueError(f"unknown format {fmt!r}; known: text, csv, json, markdown")
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(TABLE_COLUMNS)]
+    lines_out = ["  ".join(c.rjust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
+    lines_out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines_out.append(f"------- SUMMARY FOR {name} -------")
+    lines_out += [f"{metric}: {_pm(summary[metric])}" for metric in SUMMARY_METRICS]
+    return "\n".join(lines_out) + "\n\n"
+
+
+def compare_table(studies: dict[str, list[Row]], *, top: int = 3, fmt: str = "markdown") -> str:
+    """Several sweeps as the paper's Table 1: unbiased test accuracy per rho (columns), the
+    paper's Vanilla and EnD rows, then ours (top-k mean ± population std)."""
+    ours: dict[str, dict[float, tuple[float, float] | None]] = {}
+    for name, rows in studies.items():
+        config = next((r.config for r in rows if r.config), {})
+        rho = config.get("dataset_options", {}).get("rho")
+        if rho is None:
+            raise ValueError(f"sweep {name!r}: no rho in its runs' configs, so no Table 1 column")
+        label = f"{config.get('method', '?')} (ours, {config.get('preset') or 'custom'} preset)"
+        while float(rho) in ours.get(label, {}):
+            label += "'"  # a second sweep at the same rho gets its own row
+        ours.setdefault(label, {})[float(rho)] = summarize(rows, top=top)["unbiased_test_acc"]
+    rhos = sorted({*PAPER_TABLE1["EnD"], *(r for row in ours.values() for r in row)}, reverse=True)
+    table = {f"{k} (paper)": v for k, v in PAPER_TABLE1.items()} | ours
+    if fmt in ("csv", "json"):
+        flat = [{"method": label, "rho": rho, "mean": (cells[rho] or (None, None))[0],
+                 "std": (cells[rho] or (None, None))[1]}
+                for label, cells in table.items() for rho in rhos if rho in cells]
+        if fmt == "json":
+            return records.dumps(flat, indent=2) + "\n"
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+        return buffer.getvalue()
+    header = ["method"] + [f"{rho:.3f}" for rho in rhos]
+    lines_out = [f"Unbiased test accuracy (%): top {top} runs by valid accuracy, mean ± std", "",
+                 "| " + " | ".join(header) + " |", "|---|" + "---:|" * len(rhos)]
+    for label, cells in table.items():
+        digits = PAPER_DIGITS.get(label, 2)
+        shown = [_pm(cells[rho], digits) if rho in cells else "-" for rho in rhos]
+        lines_out.append("| " + " | ".join([label] + shown) + " |")
+    return "\n".join(lines_out) + "\n"

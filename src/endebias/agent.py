@@ -1,0 +1,236 @@
+"""A sweep agent: a loop of Optuna trials, each one :func:`endebias.train.fit` run.
+
+Each trial trains into ``runs/<sweep id>/<config hash>``, so a trial re-queued after its
+agent was killed (same parameters, hence same hash) resumes that folder from its last
+checkpoint. The objective is the run's best valid accuracy; every epoch's valid accuracy
+is reported so that a pruner can stop hopeless trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from endebias import records, sweep
+from endebias.config import make_config
+from endebias.sweepspec import Parameter, SweepSpec
+
+log = logging.getLogger(__name__)
+
+# Trial user attributes copied from the best-by-valid epoch (results read these).
+BEST_KEYS = ("valid_acc", "biased_test_acc", "unbiased_test_acc", "unbiased_test_acc_conflicting")
+ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class SweepFull(Exception):
+    """Another agent took the sweep's last trial at the same moment: this one is not needed."""
+
+
+class FolderTaken(Exception):
+    """Another running trial trains the same config into the same folder."""
+
+
+class TrialTakenOver(Exception):
+    """This trial was failed by another agent (missed heartbeats) and re-queued."""
+
+
+@dataclass
+class AgentResult:
+    trials: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+
+def suggest(trial: optuna.Trial, parameter: Parameter) -> Any:
+    if parameter.kind == "categorical":
+        return trial.suggest_categorical(parameter.name, list(parameter.values))
+    if parameter.kind == "int_uniform":
+        return trial.suggest_int(parameter.name, int(parameter.low), int(parameter.high))
+    return trial.suggest_float(
+        parameter.name,
+        parameter.low,
+        parameter.high,
+        log=parameter.kind in ("log_uniform_values", "log_uniform"),
+        step=parameter.q if parameter.kind == "q_uniform" else None,
+    )
+
+
+class Objective:
+    def __init__(
+        self,
+        spec: SweepSpec,
+        *,
+        sweep_id: str,
+        runs_dir: Path,
+        data_dir: str | None,
+        progress: bool,
+    ) -> None:
+        self.spec = spec
+        self.sweep_id = sweep_id
+        self.runs_dir = runs_dir
+        self.data_dir = data_dir
+        self.progress = progress
+        self.cap = min(filter(None, (spec.run_cap, spec.grid_size())), default=None)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from endebias.train import fit  # torch: only in agents
+
+        self._check_not_surplus(trial)
+        sampled = {p.name: suggest(trial, p) for p in self.spec.parameters.values() if p.searched}
+        preset, overrides = self.spec.overrides(sampled)
+        config = make_config(preset, **overrides)
+        digest = records.config_hash(config.to_dict())
+        run_dir = (self.runs_dir / self.sweep_id / digest).resolve()
+        for key, value in {
+            "run_dir": str(run_dir),
+            "config_hash": digest,
+            "host": socket.gethostname(),
+            "config": config.to_dict(),
+        }.items():
+            trial.set_user_attr(key, value)
+        self._check_folder_free(trial, run_dir)
+        reported: set[int] = set()
+        self._report(trial, run_dir, reported)
+
+        def on_epoch(epoch: int, record: dict[str, Any]) -> None:
+            self._report(trial, run_dir, reported)
+            if trial.number not in {t.number for t in _trials(trial.study, (TrialState.RUNNING,))}:
+                raise TrialTakenOver(f"trial {trial.number} was failed by another agent")
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        log.info("trial %d: %s -> %s", trial.number, sampled, run_dir)
+        try:
+            best = fit(
+                config,
+                run_dir,
+                data_dir=self.data_dir,
+                resume=True,
+                progress=self.progress,
+                on_epoch=on_epoch,
+                echo=lambda line: log.info("trial %d: %s", trial.number, line),
+            )
+        except KeyboardInterrupt:
+            # Put the same parameters back in the queue: the next agent resumes the folder.
+            trial.study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+            raise
+        self._report(trial, run_dir, reported)
+        return float(best["valid_acc"])
+
+    def _check_not_surplus(self, trial: optuna.Trial) -> None:
+        """With a run cap, two agents may start the last trial at once: the later one stops."""
+        if self.cap is None:
+            return
+        earlier = [t for t in _trials(trial.study, ALIVE) if t.number < trial.number]
+        if len(earlier) >= self.cap:
+            trial.set_user_attr("surplus", True)
+            raise SweepFull(f"the sweep already has its {self.cap} trials")
+
+    def _check_folder_free(self, trial: optuna.Trial, run_dir: Path) -> None:
+        """Both trials wrote their claim before looking, so the lower number always wins."""
+        for other in _trials(trial.study, (TrialState.RUNNING,)):
+            if other.number < trial.number and other.user_attrs.get("run_dir") == str(run_dir):
+                raise FolderTaken(f"trial {other.number} already trains this config in {run_dir}")
+
+    @staticmethod
+    def _report(trial: optuna.Trial, run_dir: Path, reported: set[int]) -> None:
+        """Report every epoch on record (a resumed folder's earlier ones too) and keep the
+        best-by-valid epoch's accuracies as user attributes, pruned trials included."""
+        history = records.read_metrics(run_dir)
+        for record in history:
+            if record["epoch"] not in reported and record.get("valid_acc") is not None:
+                trial.report(record["valid_acc"], record["epoch"])
+                reported.add(record["epoch"])
+        if history:
+            best = max(history, key=lambda r: (r["valid_acc"] or 0.0, -r["epoch"]))
+            for key in BEST_KEYS:
+                trial.set_user_attr(key, best.get(key))
+            trial.set_user_attr("best_epoch", best["epoch"])
+            trial.set_user_attr("epochs_done", len(history))
+
+
+def _trials(study: optuna.Study, states: tuple[TrialState, ...]) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def work_left(study: optuna.Study, cap: int | None) -> bool:
+    """A re-queued trial is always work; otherwise finished or running trials count."""
+    if _trials(study, (TrialState.WAITING,)):
+        return True
+    alive = _trials(study, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return cap is None or len(alive) < cap
+
+
+def run_agent(
+    sweep_id: str,
+    *,
+    storage: str,
+    runs_dir: str | Path = "runs",
+    count: int | None = None,
+    prune: str | None = None,
+    data_dir: str | None = None,
+    agent_id: int | None = None,
+    progress: bool = False,
+) -> AgentResult:
+    """Run trials of ``sweep_id`` until ``count`` are done or the sweep has its run cap."""
+    from endebias.train import NonFiniteLossError
+
+    spec = sweep.sweep_spec(sweep.load_study(sweep_id, storage=storage))
+    settings = spec.optuna
+    rdb = sweep.open_storage(
+        storage,
+        heartbeat_interval=settings["heartbeat_interval"],
+        grace_period=settings["grace_period"],
+        max_retry=settings["max_retry"],
+    )
+    seed = sweep.agent_seed(spec, agent_id)
+    study = sweep.load_study(
+        sweep_id,
+        storage=rdb,
+        sampler=sweep.build_sampler(spec, seed=seed),
+        pruner=sweep.build_pruner(spec, prune),
+    )
+    objective = Objective(
+        spec, sweep_id=sweep_id, runs_dir=Path(runs_dir), data_dir=data_dir, progress=progress
+    )
+    if objective.cap is None and count is None:
+        log.info("sweep %s has no run_cap: this agent runs until stopped (Ctrl-C)", sweep_id)
+    result = AgentResult()
+    finished: list[optuna.trial.FrozenTrial] = []
+    # Optuna warns when a trial fails by a caught exception; the log line below says it once.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    while count is None or result.trials < count:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # re-queue the trials of killed agents
+        if not work_left(study, objective.cap):
+            break
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(NonFiniteLossError, SweepFull, FolderTaken, TrialTakenOver),
+            callbacks=[lambda _, trial: finished.append(trial)],
+        )
+        last = finished[-1]
+        result.trials += 1
+        result.complete += last.state == TrialState.COMPLETE
+        result.pruned += last.state == TrialState.PRUNED
+        result.failed += last.state == TrialState.FAIL
+        if last.user_attrs.get("surplus"):
+            break
+    log.info(
+        "agent done: %d trials (%d complete, %d pruned, %d failed)",
+        result.trials,
+        result.complete,
+        result.pruned,
+        result.failed,
+    )
+    return result

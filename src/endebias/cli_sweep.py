@@ -1,0 +1,161 @@
+"""Subcommands for sweeps, results and feature pictures (kept apart from cli.py's train)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("endebias")
+
+STORAGE_HELP = (
+    "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB (default: $ENDEBIAS_STORAGE, "
+    "else sqlite under --runs)"
+)
+
+
+def cmd_sweep_create(args: argparse.Namespace) -> int:
+    from endebias.sweep import create_sweep, default_storage, mask_url
+    from endebias.sweepfile import load_sweep_file
+
+    spec = load_sweep_file(args.file)
+    storage = args.storage or default_storage(args.runs)
+    sweep_id = create_sweep(spec, storage=storage, sweep_id=args.id)
+    shown = "" if args.storage is None else f" --storage '{mask_url(storage)}'"
+    log.info(
+        "created sweep %s (%s, %s search); start agents with: endebias sweep agent %s%s",
+        sweep_id,
+        spec.name,
+        spec.method,
+        sweep_id,
+        shown,
+    )
+    print(sweep_id)
+    return 0
+
+
+def cmd_sweep_agent(args: argparse.Namespace) -> int:
+    from endebias.agent import run_agent
+    from endebias.sweep import default_storage
+
+    result = run_agent(
+        args.id,
+        storage=args.storage or default_storage(args.runs),
+        runs_dir=args.runs,
+        count=args.count,
+        prune=args.prune,
+        data_dir=args.data_dir,
+        agent_id=args.agent_id,
+        progress=sys.stderr.isatty(),
+    )
+    return 0 if result.complete or not result.failed else 1
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from endebias import results
+    from endebias.sweep import default_storage, load_study, open_storage
+
+    storage = None
+    studies: dict[str, list[results.Row]] = {}
+    for ident in args.ids:
+        if Path(ident).is_dir():  # a folder of run folders: no database needed
+            studies[Path(ident).name] = results.rows_from_runs(ident)
+            continue
+        storage = storage or open_storage(args.storage or default_storage(args.runs))
+        studies[ident] = results.rows_from_study(load_study(ident, storage=storage))
+    if args.compare:
+        sys.stdout.write(results.compare_table(studies, top=args.top, fmt=args.format))
+    else:
+        for name, rows in studies.items():
+            sys.stdout.write(results.format_study(name, rows, top=args.top, fmt=args.format))
+    if args.plot:
+        from endebias.plots import plot_sweep
+
+        for name, rows in studies.items():
+            for path in plot_sweep(name, rows, args.plot, top=args.top):
+                log.info("wrote %s", path)
+    return 0
+
+
+def cmd_plot_features(args: argparse.Namespace) -> int:
+    from endebias.feature_plots import plot_features
+
+    for path in plot_features(args.run, args.out):
+        print(path)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser("sweep", help="hyper-parameter sweeps on Optuna storage")
+    actions = sweep.add_subparsers(dest="sweep_command", required=True)
+    create = actions.add_parser("create", help="create a sweep from a sweep file; prints its id")
+    create.add_argument("file", help="sweep file (YAML, the original tracker's format)")
+    create.add_argument("--storage", help=STORAGE_HELP)
+    create.add_argument("--runs", default="runs", help="runs folder (default: %(default)s)")
+    create.add_argument("--id", help="the sweep id (default: file name + random suffix)")
+    create.set_defaults(handler=cmd_sweep_create)
+
+    agent = actions.add_parser("agent", help="run trials of a sweep in this process")
+    agent.add_argument("id", help="sweep id printed by `sweep create`")
+    agent.add_argument(
+        "--count",
+        type=int,
+        help="stop after this many trials (default: until the sweep's run_cap or grid is done)",
+    )
+    agent.add_argument("--storage", help=STORAGE_HELP)
+    agent.add_argument(
+        "--prune",
+        choices=["median", "hyperband", "none"],
+        help="stop hopeless trials, never before the first learning-rate drop "
+        "(default: the file's early_terminate, else none)",
+    )
+    agent.add_argument(
+        "--runs",
+        default="runs",
+        help="runs folder; trials train into RUNS/<sweep id>/<config hash> (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
+    )
+    agent.add_argument(
+        "--agent-id",
+        type=int,
+        help="added to the file's optuna.seed for this "
+        "agent's sampler (default: from host name and process id)",
+    )
+    agent.set_defaults(handler=cmd_sweep_agent)
+
+    res = commands.add_parser(
+        "results", help="sweep results: runs by valid accuracy, top-k summary"
+    )
+    res.add_argument("ids", nargs="+", metavar="ID", help="sweep id, or a folder of run folders")
+    res.add_argument(
+        "--top", type=int, default=3, help="runs in the summary (default: %(default)s)"
+    )
+    res.add_argument("--format", choices=["text", "csv", "json", "markdown"], default=None)
+    res.add_argument("--plot", metavar="DIR", help="write PNG figures of each sweep into DIR")
+    res.add_argument(
+        "--compare",
+        action="store_true",
+        help="the paper's Table 1 layout, one "
+        "column per rho, the paper's Vanilla and EnD beside ours",
+    )
+    res.add_argument("--storage", help=STORAGE_HELP)
+    res.add_argument("--runs", default="runs", help="runs folder of the default storage")
+    res.set_defaults(handler=_results_with_default_format)
+
+    plot = commands.add_parser("plot", help="figures from run records")
+    figures = plot.add_subparsers(dest="plot_command", required=True)
+    features = figures.add_parser("features", help="PCA of a run's saved features: GIF + PNG")
+    features.add_argument("run", help="run folder trained with --save-features N")
+    features.add_argument("--out", help="output folder (default: the run folder)")
+    features.set_defaults(handler=cmd_plot_features)
+
+
+def _results_with_default_format(args: argparse.Namespace) -> int:
+    # Table 1 reads best as markdown; a sweep's listing as the original's plain text.
+    args.format = args.format or ("markdown" if args.compare else "text")
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
+    return cmd_results(args)

@@ -1,0 +1,212 @@
+"""Sweeps on Optuna storage: create a study from a sweep file, rebuild its sampler and
+pruner in every agent, open SQLite or PostgreSQL storage with heartbeats (no torch here).
+
+Optuna keeps trials, parameters and reported values in the storage, but not the sampler
+or the pruner: the sweep file's mapping is stored as a study user attribute and every
+agent rebuilds both from it, each with its own sampler seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from endebias.config import make_config
+from endebias.sweepfile import parse_sweep
+from endebias.sweepspec import SweepSpec, grid_search_space
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV = "ENDEBIAS_STORAGE"
+DEFAULT_DB = "sweeps.db"
+SPEC_ATTR = "sweep"  # study user attribute: the sweep file's mapping
+SOURCE_ATTR = "sweep_source"
+PRUNERS = ("none", "median", "hyperband")
+_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^/@:\s]*:)(?P<secret>[^@/\s]*)@")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]*)", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (in the user part or in the query)."""
+    masked = _PASSWORD_IN_NETLOC.sub(lambda m: f"{m['head']}***@", url)
+    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", masked)
+
+
+def _scrub(text: str, url: str) -> str:
+    """Driver errors may quote the URL: mask it, and any password it holds, in ``text``."""
+    secrets_in_url = [m["secret"] for m in _PASSWORD_IN_NETLOC.finditer(url)]
+    secrets_in_url += [m["secret"] for m in _PASSWORD_IN_QUERY.finditer(url)]
+    text = text.replace(url, mask_url(url))
+    for secret in filter(None, secrets_in_url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def default_storage(runs_dir: str | Path = "runs") -> str:
+    """``$ENDEBIAS_STORAGE`` if set, else a SQLite file under the runs folder."""
+    if os.environ.get(STORAGE_ENV):
+        return os.environ[STORAGE_ENV]
+    return f"sqlite:///{Path(runs_dir) / DEFAULT_DB}"
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = None,
+) -> optuna.storages.RDBStorage:
+    """RDB storage for ``url`` (``sqlite:///path`` or ``postgresql://...``).
+
+    With ``heartbeat_interval``, a trial whose agent stops beating for ``grace_period``
+    seconds is failed by the next agent and re-queued with the same parameters (up to
+    ``max_retry`` times), so it resumes its run folder.
+    """
+    if not url.startswith(("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")):
+        raise ValueError(f"storage {mask_url(url)!r}: expected sqlite:///PATH or postgresql://...")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Several agents share one file: wait for the writer's lock instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        engine_kwargs["pool_pre_ping"] = True
+    heartbeat: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        # Heartbeats are "experimental" in Optuna 5.0 and say so on every use.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_interval is not None:
+            heartbeat = {
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=max_retry
+                ),
+            }
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except Exception as error:  # driver errors have many types; all mean the same here
+            first = _scrub(str(error), url).strip().splitlines()[0] if str(error) else ""
+            raise RuntimeError(
+                f"cannot open sweep storage {mask_url(url)}: {type(error).__name__}: {first}"
+            ) from None
+
+
+def new_sweep_id(spec: SweepSpec) -> str:
+    slug = re.sub(r"[^a-z0-9.]+", "-", Path(spec.source).stem.lower()).strip("-") or "sweep"
+    return f"{slug}-{secrets.token_hex(3)}"
+
+
+def create_sweep(spec: SweepSpec, *, storage: str, sweep_id: str | None = None) -> str:
+    """Create the study for ``spec`` in ``storage`` and return its id (the study name)."""
+    sweep_id = sweep_id or new_sweep_id(spec)
+    rdb = open_storage(storage)
+    try:
+        study = optuna.create_study(study_name=sweep_id, storage=rdb, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        raise ValueError(f"sweep {sweep_id!r} already exists in {mask_url(storage)}") from None
+    study.set_user_attr(SPEC_ATTR, spec.definition)
+    study.set_user_attr(SOURCE_ATTR, spec.source)
+    study.set_user_attr("name", spec.name)
+    return sweep_id
+
+
+def load_study(
+    sweep_id: str, *, storage: str | optuna.storages.RDBStorage, **kwargs: Any
+) -> optuna.Study:
+    rdb = open_storage(storage) if isinstance(storage, str) else storage
+    try:
+        return optuna.load_study(study_name=sweep_id, storage=rdb, **kwargs)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(rdb)]
+        shown = ", ".join(known[-10:]) or "none"
+        raise ValueError(f"no sweep {sweep_id!r} in {mask_url(rdb.url)}; known: {shown}") from None
+
+
+def sweep_spec(study: optuna.Study) -> SweepSpec:
+    definition = study.user_attrs.get(SPEC_ATTR)
+    if definition is None:
+        raise ValueError(f"study {study.study_name!r} was not created by `endebias sweep create`")
+    source = study.user_attrs.get(SOURCE_ATTR, study.study_name)
+    return parse_sweep(definition, source=source, announce=False)
+
+
+def agent_seed(spec: SweepSpec, agent_id: int | None) -> int | None:
+    """None (fresh entropy) unless the file sets a base seed; then base + this agent's id,
+    so no two agents draw the same points (all agents on one seed gave duplicate trials)."""
+    base = spec.optuna["seed"]
+    if base is None:
+        return None
+    if agent_id is None:
+        agent_id = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000
+    return base + agent_id
+
+
+def build_sampler(spec: SweepSpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.method == "grid":
+            return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+        if spec.method == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        startup = spec.optuna["n_startup_trials"]
+        if spec.optuna["sampler"] == "gp":
+            try:
+                import scipy  # noqa: F401  (GPSampler needs it; fail here, not mid-trial)
+            except ImportError:
+                raise RuntimeError(
+                    "optuna.sampler gp needs scipy: pip install scipy, or use sampler tpe"
+                ) from None
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+        # constant_liar: parallel agents treat running trials as bad, so they spread out.
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True
+        )
+
+
+def warmup_epochs(spec: SweepSpec) -> tuple[int, int]:
+    """(warm-up, epochs) of the sweep's base config: no pruning before the first
+    learning-rate drop (epoch 20 in the paper protocol), as accuracies jump there."""
+    preset, overrides = spec.overrides({})
+    config = make_config(preset, **overrides)
+    return min(config.lr_step, config.epochs), config.epochs
+
+
+def build_pruner(spec: SweepSpec, kind: str | None) -> optuna.pruners.BasePruner:
+    """``kind`` from the command line; None takes the file's ``early_terminate``."""
+    if kind is None:
+        kind = "hyperband" if spec.early_terminate else "none"
+    if kind not in PRUNERS:
+        raise ValueError(f"--prune must be one of {', '.join(PRUNERS)}, got {kind!r}")
+    warmup, epochs = warmup_epochs(spec)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
+    settings = spec.early_terminate or {}
+    min_iter = settings.get("min_iter") or warmup
+    if min_iter < warmup:
+        log.info(
+            "early_terminate.min_iter %d raised to %d: no pruning before the first "
+            "learning-rate drop",
+            min_iter,
+            warmup,
+        )
+        min_iter = warmup
+    return optuna.pruners.HyperbandPruner(
+        min_resource=min_iter,
+        max_resource=settings.get("max_iter") or epochs,
+        reduction_factor=settings.get("eta") or 3,
+    )

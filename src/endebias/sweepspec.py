@@ -1,0 +1,184 @@
+"""A parsed sweep: its parameters, where each goes in the training config, and a check of
+the configs at the corners of the search space (so that a bad value fails at create, not
+at trial 7). No torch here unless a parameter must be looked up among a method's options."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from endebias.config import TrainConfig, make_config
+
+# Sweep parameter names that are options of the method or of the dataset, as on the
+# `train` command line; any other option is reached as method_options.X / dataset_options.X.
+SHORTCUTS = {"alpha": "method_options", "beta": "method_options", "rho": "dataset_options"}
+NESTED = ("method_options", "dataset_options", "model_options")
+
+
+class SweepFileError(ValueError):
+    """A sweep file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One sweep parameter; ``home`` is where it goes in the training config."""
+
+    name: str
+    home: tuple[str, ...]
+    kind: str
+    value: Any = None
+    values: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    q: float | None = None
+
+    @property
+    def searched(self) -> bool:
+        return self.kind != "constant"
+
+    def grid_values(self) -> list[Any] | None:
+        """Every value, for a grid search; None for a continuous distribution."""
+        if self.kind == "constant":
+            return [self.value]
+        if self.kind == "categorical":
+            return list(self.values)
+        if self.kind == "int_uniform":
+            return list(range(int(self.low), int(self.high) + 1))
+        if self.kind == "q_uniform":
+            steps = round((self.high - self.low) / self.q)
+            return [self.low + k * self.q for k in range(steps + 1)]
+        return None
+
+    def extremes(self) -> list[Any]:
+        """The values that validation tries (a bad corner fails at create, not at trial 7)."""
+        if self.kind == "constant":
+            return [self.value]
+        if self.kind == "categorical":
+            return list(self.values)
+        return [self.low, self.high]
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep file. ``definition`` is the (number-coerced) mapping it came from,
+    stored with the study so that every agent rebuilds the same search."""
+
+    name: str
+    method: str
+    parameters: dict[str, Parameter]
+    run_cap: int | None
+    early_terminate: dict[str, Any] | None
+    optuna: dict[str, Any]
+    definition: dict[str, Any]
+    source: str
+    metric: str = "valid_acc"
+    goal: str = "maximize"
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self, sampled: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """(preset, make_config overrides) for the constants plus the sampled values."""
+        overrides: dict[str, Any] = {}
+        values = {
+            **{p.name: p.value for p in self.parameters.values() if not p.searched},
+            **sampled,
+        }
+        preset = values.pop("preset", "paper")
+        for name, value in values.items():
+            home = self.parameters[name].home
+            if len(home) == 1:
+                overrides[home[0]] = value
+            else:
+                overrides.setdefault(home[0], {})[home[1]] = value
+        return preset, overrides
+
+    def grid_size(self) -> int | None:
+        if self.method != "grid":
+            return None
+        return math.prod(len(p.grid_values() or []) for p in self.parameters.values())
+
+
+Fail = Callable[[str, str], SweepFileError]
+
+
+def place_parameters(spec: SweepSpec, fail: Fail) -> None:
+    """Give each parameter its place in the config: a top-level field, a shortcut (alpha,
+    beta, rho), a dotted ``method_options.X``, or a declared option of the method/dataset."""
+    fields = set(TrainConfig.__dataclass_fields__) - set(NESTED)
+    try:
+        methods = {m: _method_options(m) for m in _possible(spec, "method", TrainConfig.method)}
+        datasets = {d: _dataset_options(d) for d in _possible(spec, "dataset", TrainConfig.dataset)}
+    except ValueError as error:
+        raise fail("parameters", str(error)) from None
+    for name, parameter in list(spec.parameters.items()):
+        head, _, tail = name.partition(".")
+        if name in fields:
+            home: tuple[str, ...] = (name,)
+        elif head in NESTED and tail:
+            home = (head, tail)
+        elif name in SHORTCUTS:
+            home = (SHORTCUTS[name], name)
+        elif any(name in options for options in methods.values()):
+            home = ("method_options", name)
+        elif any(name in options for options in datasets.values()):
+            home = ("dataset_options", name)
+        else:
+            raise fail(
+                f"parameters.{name}",
+                "not a training option (use method_options.X or "
+                f"dataset_options.X for other options); top-level: {', '.join(sorted(fields))}",
+            )
+        spec.parameters[name] = dataclasses.replace(parameter, home=home)
+
+
+def _method_options(name: str) -> set[str]:
+    from endebias.methods import method_class  # torch: only when a sweep is created or run
+
+    return set(method_class(name).defaults)
+
+
+def _dataset_options(name: str) -> set[str]:
+    """The keyword options of a dataset's builder, less those the trainer passes itself."""
+    from endebias import data
+
+    if name not in data.dataset_names():
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(data.dataset_names())}")
+    builder = data._REGISTRY[name]  # no public accessor for a builder (yet)
+    return set(inspect.signature(builder).parameters) - {"data_dir", "seed", "device"}
+
+
+def _possible(spec: SweepSpec, name: str, default: str) -> list[str]:
+    parameter = spec.parameters.get(name)
+    return [str(v) for v in parameter.extremes()] if parameter else [default]
+
+
+def check_configs(spec: SweepSpec, fail: Fail) -> None:
+    """Build the config at every corner of the search space, so that a bad value (epochs: 0,
+    an unknown preset) fails now rather than at some later trial."""
+    searched = [p for p in spec.parameters.values() if p.searched]
+    low = {p.name: p.extremes()[0] for p in searched}
+    tries = [low] + [{**low, p.name: v} for p in searched for v in p.extremes()[1:]]
+    for sampled in tries:
+        preset, overrides = spec.overrides(sampled)
+        try:
+            make_config(preset, **overrides)
+        except (ValueError, TypeError) as error:
+            changed = (
+                [k for k in sampled if sampled[k] != low.get(k)] or list(sampled) or ["preset"]
+            )
+            raise fail(f"parameters.{changed[0]}", str(error)) from None
+    spec.constants = {p.name: p.value for p in spec.parameters.values() if not p.searched}
+
+
+def grid_search_space(spec: SweepSpec) -> dict[str, list[Any]]:
+    """The searched parameters' values, for Optuna's GridSampler (constants are not asked)."""
+    return {p.name: p.grid_values() or [] for p in spec.parameters.values() if p.searched}
+
+
+def all_grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    space = grid_search_space(spec)
+    return [dict(zip(space, combo, strict=True)) for combo in itertools.product(*space.values())]
