@@ -14,10 +14,17 @@ synchronisation and traces cleanly under `torch.compile`.
 `pairs="reference"` reproduces the official code's arithmetic (DESIGN.md section 2): a
 clamped Gram matrix, and an entangling term over only the pairs (i, j) with i later than j
 in the batch and b_i < b_j.
+
+Several processes, one global batch. Because the terms depend on the batch only through
+the per-group sums, ``reduce_group_sums`` (closed form only) may replace the local
+``(T*C, F+2)`` sums by their sum over processes, e.g. an autograd-aware all-reduce; every
+process then computes the loss of the *global* batch, and gradients flow back to each
+process's own samples (see ``endebias.distributed``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -25,6 +32,7 @@ from torch import Tensor, nn
 
 Pairs = Literal["all", "reference"]
 _PAIRS = ("all", "reference")
+GroupSumsReducer = Callable[[Tensor], Tensor]
 
 
 def _check_inputs(
@@ -34,6 +42,7 @@ def _check_inputs(
     pairs: str,
     num_targets: int | None,
     num_biases: int | None,
+    reduce_group_sums: GroupSumsReducer | None = None,
 ) -> None:
     """Shape and dtype checks only: reading values would cost a host sync per call."""
     if not isinstance(features, Tensor) or features.dim() < 2:
@@ -55,8 +64,19 @@ def _check_inputs(
     if pairs not in _PAIRS:
         raise ValueError(f"pairs must be one of {_PAIRS}, got {pairs!r}")
     for name, count in (("num_targets", num_targets), ("num_biases", num_biases)):
-        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        invalid = not isinstance(count, int) or isinstance(count, bool) or count < 1
+        if count is not None and invalid:
             raise ValueError(f"{name} must be a positive int or None, got {count!r}")
+    if reduce_group_sums is not None:
+        if pairs != "all":
+            raise ValueError(
+                "reduce_group_sums needs pairs='all': the reference pair selection depends on "
+                "the order of samples within one batch, which per-group sums do not keep"
+            )
+        if num_targets is None or num_biases is None:
+            # Without them each process would number its own labels 0..K-1 and the rows
+            # of the summed tensors would not describe the same groups.
+            raise ValueError("reduce_group_sums needs num_targets and num_biases")
 
 
 def _dense_labels(labels: Tensor, num_classes: int | None) -> tuple[Tensor, int]:
@@ -73,7 +93,12 @@ def _safe_ratio(numerator: Tensor, count: Tensor) -> Tensor:
 
 
 def _closed_form(
-    flat: Tensor, targets: Tensor, biases: Tensor, num_targets: int, num_biases: int
+    flat: Tensor,
+    targets: Tensor,
+    biases: Tensor,
+    num_targets: int,
+    num_biases: int,
+    reduce_group_sums: GroupSumsReducer | None = None,
 ) -> tuple[Tensor, Tensor]:
     batch, width = flat.shape
     # One scatter gives, per (target, bias) group: the feature sum, the sum of squared
@@ -83,6 +108,8 @@ def _closed_form(
     augmented = torch.cat([flat, squared_norms, ones], dim=1)
     group = targets * num_biases + biases
     sums = flat.new_zeros(num_targets * num_biases, width + 2).index_add(0, group, augmented)
+    if reduce_group_sums is not None:
+        sums = reduce_group_sums(sums)
     sums = sums.view(num_targets, num_biases, width + 2)
 
     feature_sums = sums[..., :width]  # (T, C, F)
@@ -106,7 +133,9 @@ def _closed_form(
     return r_perp, r_par
 
 
-def _reference(flat: Tensor, targets: Tensor, biases: Tensor, num_biases: int) -> tuple[Tensor, Tensor]:
+def _reference(
+    flat: Tensor, targets: Tensor, biases: Tensor, num_biases: int
+) -> tuple[Tensor, Tensor]:
     batch = flat.shape[0]
     gram = (flat @ flat.T).clamp(-1, 1)
     index = torch.arange(batch, device=flat.device)
@@ -119,7 +148,8 @@ def _reference(flat: Tensor, targets: Tensor, biases: Tensor, num_biases: int) -
     perp_pairs = perp_mask.sum().to(flat.dtype)
     r_perp = _safe_ratio(per_bias.abs().sum(), perp_pairs)
 
-    par_mask = earlier & (targets[:, None] == targets[None, :]) & (biases[:, None] < biases[None, :])
+    same_target = targets[:, None] == targets[None, :]
+    par_mask = earlier & same_target & (biases[:, None] < biases[None, :])
     par_pairs = par_mask.sum().to(flat.dtype)
     mean_similarity = _safe_ratio(((1 + gram) / 2 * par_mask).sum(), par_pairs)
     r_par = torch.where(par_pairs > 0, 1 - mean_similarity, torch.zeros_like(mean_similarity))
@@ -135,6 +165,7 @@ def end_terms(
     normalize: bool = False,
     num_targets: int | None = None,
     num_biases: int | None = None,
+    reduce_group_sums: GroupSumsReducer | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The unweighted EnD terms ``(r_perp, r_par)`` as 0-d tensors.
 
@@ -147,16 +178,26 @@ def end_terms(
             host synchronisation.
         pairs: ``"all"`` (the definition, closed form) or ``"reference"`` (the official
             code's pair selection, O(B^2)).
+        reduce_group_sums: applied to the ``(T*C, F+2)`` per-group sums (feature sums,
+            squared-norm sums, counts) right after they are formed; a sum over processes
+            gives the loss of the global batch. Needs ``pairs="all"`` and both counts.
+
+    Half-precision features (e.g. under autocast) are summed in float32: the closed form
+    subtracts nearly equal sums, which bfloat16 cannot resolve.
     """
-    _check_inputs(features, targets, biases, pairs, num_targets, num_biases)
+    _check_inputs(features, targets, biases, pairs, num_targets, num_biases, reduce_group_sums)
     flat = features.reshape(features.shape[0], -1)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
     if normalize:
         flat = nn.functional.normalize(flat, dim=1)
     dense_targets, num_targets = _dense_labels(targets, num_targets)
     dense_biases, num_biases = _dense_labels(biases, num_biases)
     if pairs == "reference":
         return _reference(flat, dense_targets, dense_biases, num_biases)
-    return _closed_form(flat, dense_targets, dense_biases, num_targets, num_biases)
+    return _closed_form(
+        flat, dense_targets, dense_biases, num_targets, num_biases, reduce_group_sums
+    )
 
 
 def end_loss(
@@ -170,6 +211,7 @@ def end_loss(
     normalize: bool = False,
     num_targets: int | None = None,
     num_biases: int | None = None,
+    reduce_group_sums: GroupSumsReducer | None = None,
 ) -> Tensor:
     """``alpha * r_perp + beta * r_par``; see :func:`end_terms` for the arguments."""
     r_perp, r_par = end_terms(
@@ -180,6 +222,7 @@ def end_loss(
         normalize=normalize,
         num_targets=num_targets,
         num_biases=num_biases,
+        reduce_group_sums=reduce_group_sums,
     )
     return alpha * r_perp + beta * r_par
 
@@ -196,6 +239,7 @@ class EnDLoss(nn.Module):
         normalize: bool = False,
         num_targets: int | None = None,
         num_biases: int | None = None,
+        reduce_group_sums: GroupSumsReducer | None = None,
     ) -> None:
         super().__init__()
         if pairs not in _PAIRS:
@@ -206,6 +250,7 @@ class EnDLoss(nn.Module):
         self.normalize = normalize
         self.num_targets = num_targets
         self.num_biases = num_biases
+        self.reduce_group_sums = reduce_group_sums
 
     def forward(self, features: Tensor, targets: Tensor, biases: Tensor) -> Tensor:
         return end_loss(
@@ -218,6 +263,7 @@ class EnDLoss(nn.Module):
             normalize=self.normalize,
             num_targets=self.num_targets,
             num_biases=self.num_biases,
+            reduce_group_sums=self.reduce_group_sums,
         )
 
     def extra_repr(self) -> str:

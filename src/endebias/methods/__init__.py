@@ -26,6 +26,10 @@ class Method(nn.Module):
 
     defaults: ClassVar[dict[str, Any]] = {}
     search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Set by the trainer when one run spans several processes: a sum over processes
+    # (autograd-aware). Methods whose loss couples the samples of a batch (EnD) pass it to
+    # their loss so the loss is that of the global batch; per-sample losses ignore it.
+    reduce_group_sums: Callable[[Tensor], Tensor] | None = None
 
     def __init__(
         self,

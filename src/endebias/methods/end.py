@@ -53,6 +53,7 @@ class EnD(Method):
             pairs=self.pairs,
             num_targets=self.num_targets,
             num_biases=self.num_biases,
+            reduce_group_sums=self.reduce_group_sums,
         )
         loss = ce + self.alpha * r_perp + self.beta * r_par
         parts = {"ce": ce.detach(), "r_perp": r_perp.detach(), "r_par": r_par.detach()}
