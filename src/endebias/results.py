@@ -113,7 +113,12 @@ class Row:
 
 def sort_rows(rows: list[Row]) -> list[Row]:
     """Best valid accuracy first (rows without one last), ties by id, as the original."""
-    return sorted(rows, key=lambda r: (r.valid_acc is None, -(r.valid_acc or 0.0), r.id))
+    return sorted(rows, key=lambda r: (r.valid_acc is None, -(r.valid_acc or 0.0), _id_key(r.id)))
+
+
+def _id_key(ident: str) -> tuple[int, str]:
+    """Trial numbers in numeric order (9 before 10); folder names alphabetically."""
+    return (int(ident), "") if ident.isdigit() else (1 << 62, ident)
 
 
 def rows_from_study(study: Any) -> list[Row]:
@@ -247,8 +252,8 @@ def compare_table(studies: dict[str, list[Row]], *, top: int = 3, fmt: str = "ma
         writer.writerows(flat)
         return buffer.getvalue()
     header = ["method"] + [f"{rho:.3f}" for rho in rhos]
-    lines_out = [f"Unbiased test accuracy (%): top {top} runs by valid accuracy, mean ± std", "",
-                 "| " + " | ".join(header) + " |", "|---|" + "---:|" * len(rhos)]
+    title = f"Unbiased test accuracy (%): top {top} runs by valid accuracy, mean ± population std"
+    lines_out = [title, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * len(rhos)]
     for label, cells in table.items():
         digits = PAPER_DIGITS.get(label, 2)
         shown = [_pm(cells[rho], digits) if rho in cells else "-" for rho in rhos]

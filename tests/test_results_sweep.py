@@ -1,0 +1,128 @@
+"""`endebias results` on checked-in records: a small study (loaded into SQLite from
+tests/golden/sweep_trials.json) and a folder of run folders, against golden outputs.
+
+Set ENDEBIAS_UPDATE_GOLDEN=1 to rewrite the golden files after a deliberate change (and
+read the diff before committing it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from endebias import results
+from endebias.cli import main
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+STUDY = "golden-sweep"
+UPDATE = os.environ.get("ENDEBIAS_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture
+def storage(tmp_path, monkeypatch) -> str:
+    """The golden trials in a fresh SQLite study; the working folder is tests/golden, so
+    the trials' relative run folders resolve."""
+    url = f"sqlite:///{tmp_path}/golden.db"
+    study = optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
+    uniform = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for entry in json.loads((GOLDEN / "sweep_trials.json").read_text()):
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState[entry["state"]],
+            params=entry["params"], distributions={k: uniform for k in entry["params"]},
+            value=entry.get("value"), user_attrs=entry["user_attrs"],
+            system_attrs=entry["system_attrs"],
+            intermediate_values={int(k): v for k, v in entry["intermediate_values"].items()},
+        ))
+    monkeypatch.chdir(GOLDEN)
+    return url
+
+
+def run(capsys, *args: str) -> str:
+    capsys.readouterr()
+    assert main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), f"output differs from {path}"
+
+
+@pytest.mark.parametrize(("fmt", "golden"), [("text", "results.txt"), ("csv", "results.csv"),
+                                             ("json", "results.json"), ("markdown", "results.md")])
+def test_results_of_a_study_match_the_golden_output(storage, capsys, fmt, golden):
+    out = run(capsys, "results", STUDY, "--storage", storage, "--format", fmt)
+    check_golden(golden, out)
+
+
+def test_results_rows_and_summary(storage, capsys):
+    out = run(capsys, "results", STUDY, "--storage", storage)
+    lines = out.splitlines()
+    assert lines[0].split() == list(results.TABLE_COLUMNS)
+    # Sorted by valid accuracy (ties by id); the killed attempt (3, re-run as 6) and the
+    # surplus trial (8) are left out; running, pruned and failed trials are shown.
+    assert [line.split()[-1] for line in lines[1:8]] == ["7", "1", "6", "4", "0", "2", "5"]
+    assert [line.split()[-2] for line in lines[1:8]] == [
+        "RUNNING", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    # The summary: the top 3 *complete* trials (1, 6, 4), mean ± population std in percent.
+    biased = np.array([0.9985, 0.9981, 0.9979]) * 100
+    unbiased = np.array([0.8921, 0.879, 0.8874]) * 100
+    assert lines[8:] == [
+        f"------- SUMMARY FOR {STUDY} -------",
+        f"biased_test_acc: {biased.mean():.2f} ± {biased.std():.2f}",
+        f"unbiased_test_acc: {unbiased.mean():.2f} ± {unbiased.std():.2f}",
+        "",
+    ]
+    assert lines[9:11] == ["biased_test_acc: 99.82 ± 0.02", "unbiased_test_acc: 88.62 ± 0.54"]
+    top1 = run(capsys, "results", STUDY, "--storage", storage, "--top", "1").splitlines()
+    assert top1[-3:-1] == ["biased_test_acc: 99.85 ± 0.00", "unbiased_test_acc: 89.21 ± 0.00"]
+
+
+def test_results_from_run_folders_without_a_database(capsys, monkeypatch):
+    monkeypatch.chdir(GOLDEN)
+    out = run(capsys, "results", "runs_rho0.990")
+    check_golden("results_folder.txt", out)
+    assert "------- SUMMARY FOR runs_rho0.990 -------" in out
+    rows = results.rows_from_runs(GOLDEN / "sweep_runs")
+    states = {row.id: row.state for row in rows}
+    assert states["trial-0"] == "COMPLETE" and states["trial-5"] == "FAIL"
+    assert states["trial-7"] == "RUNNING"
+
+
+def test_compare_lays_sweeps_out_as_table_1(storage, capsys):
+    out = run(capsys, "results", STUDY, "runs_rho0.990", "--storage", storage, "--compare")
+    check_golden("compare.md", out)
+    lines = out.splitlines()
+    assert lines[2] == "| method | 0.999 | 0.997 | 0.995 | 0.990 |"
+    assert lines[4] == "| Vanilla (paper) | 10.4 | 33.4 | 72.1 | 89.1 |"
+    assert lines[5] == "| EnD (paper) | 52.30 ± 2.39 | 83.70 ± 1.03 | 93.92 ± 0.35 | 96.02 ± 0.08 |"
+    assert lines[6].startswith("| end (ours, quick preset) | - | 88.62 ± 0.54 | - | ")
+    as_json = json.loads(run(capsys, "results", STUDY, "runs_rho0.990", "--storage", storage,
+                             "--compare", "--format", "json"))
+    ours = [r for r in as_json if r["method"].startswith("end (ours")]
+    assert [r["rho"] for r in ours] == [0.997, 0.99]
+
+
+def test_plots_of_a_sweep(storage, capsys, tmp_path):
+    run(capsys, "results", STUDY, "--storage", storage, "--plot", str(tmp_path / "figures"))
+    names = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert names == [f"{STUDY}_alpha_beta.png", f"{STUDY}_curves.png",
+                     f"{STUDY}_valid_vs_unbiased.png"]
+    for name in names:
+        with Image.open(tmp_path / "figures" / name) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 300
+
+
+def test_unknown_study_and_bad_top_are_one_line_errors(storage, capsys):
+    assert main(["results", "nope", "--storage", storage]) == 2
+    assert "no sweep 'nope'" in capsys.readouterr().err
+    assert main(["results", STUDY, "--storage", storage, "--top", "0"]) == 2
+    assert "--top must be >= 1" in capsys.readouterr().err
