@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, help="train on this many images only")
     parser.add_argument("--eval-subset", type=int, help="evaluate on this many images per split")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    # The GPU fast path; "auto" (the default) turns each on for CUDA and off for CPU.
+    switches = ["auto", "on", "off"]
+    parser.add_argument("--amp", choices=switches, help="bf16 autocast (auto: on for bf16 GPUs)")
+    parser.add_argument("--compile", choices=switches, help="torch.compile the model")
+    parser.add_argument("--channels-last", choices=switches, help="channels_last memory format")
     parser.add_argument(
         "--method-option",
         action="append",
@@ -93,6 +99,9 @@ def config_from_args(args: argparse.Namespace):
         "train_subset",
         "eval_subset",
         "save_features",
+        "amp",
+        "compile",
+        "channels_last",
     ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -109,6 +118,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from endebias import distributed
     from endebias.train import fit, summary_line
 
     config = config_from_args(args)
@@ -118,16 +128,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         else Path("runs")
         / (f"{config.dataset}-{config.method}-{records.config_hash(config.to_dict())}")
     )
-    print(f"run folder: {out}")
-    best = fit(
-        config,
-        out,
-        data_dir=args.data_dir,
-        resume=args.resume,
-        progress=not args.no_progress,
-        echo=print,
-    )
-    print(summary_line(best))
+    # Under torchrun every process runs this; only rank 0 talks.
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        print(f"run folder: {out}")
+    try:
+        best = fit(
+            config,
+            out,
+            data_dir=args.data_dir,
+            resume=args.resume,
+            progress=not args.no_progress,
+            echo=print,
+        )
+    finally:
+        distributed.teardown()
+    if main:
+        print(summary_line(best))
     return 0
 
 

@@ -6,6 +6,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+SWITCHES = ("auto", "on", "off")
+
+
+def check_switch(name: str, value: Any) -> str:
+    """A fast-path option as one of :data:`SWITCHES`. YAML 1.1 reads ``on``/``off`` as
+    booleans, so booleans are accepted too."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in SWITCHES:
+        raise ValueError(f"{name} must be one of {', '.join(SWITCHES)}, got {value!r}")
+    return value
+
 
 @dataclass
 class TrainConfig:
@@ -32,6 +44,10 @@ class TrainConfig:
     # Save the feature-layer outputs of this many fixed unbiased-test images every epoch
     # (for `endebias plot features`); 0 saves nothing.
     save_features: int = 0
+    # The GPU fast path (endebias.fastpath): "auto" is on for CUDA, off for CPU.
+    amp: str = "auto"
+    compile: str = "auto"
+    channels_last: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr_step", "eval_batch_size")
@@ -52,6 +68,8 @@ class TrainConfig:
                 f"need weight_decay >= 0 and 0 < lr_gamma <= 1, got {self.weight_decay!r}, "
                 f"{self.lr_gamma!r}"
             )
+        for name in ("amp", "compile", "channels_last"):
+            setattr(self, name, check_switch(name, getattr(self, name)))
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -9,6 +9,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from endebias import records
+from endebias import distributed, records
 from endebias.config import TrainConfig
 from endebias.data import Benchmark, Split, build_dataset
+from endebias.distributed import DistContext
+from endebias.fastpath import FastPath
 from endebias.methods import Method, build_method
 from endebias.metrics import aligned_groups, group_counts, group_metrics
 from endebias.models import build_model
@@ -26,6 +30,7 @@ from endebias.models import build_model
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
+StepFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,15 +71,37 @@ def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.d
     return benchmark
 
 
+@dataclass
+class StepRunner:
+    """How steps run: the fast-path options and, in a multi-process run, the process
+    group and the step wrapped in DDP. The default is the plain one-process eager step."""
+
+    step: StepFn
+    fast: FastPath = field(default_factory=FastPath)
+    context: DistContext | None = None
+
+
 @torch.no_grad()
 def evaluate(
-    method: Method, benchmark: Benchmark, split: Split, *, batch_size: int, aligned: Tensor
+    method: Method,
+    benchmark: Benchmark,
+    split: Split,
+    *,
+    batch_size: int,
+    aligned: Tensor,
+    fast: FastPath | None = None,
+    reduce_counts: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Any]:
+    """Group metrics of ``split``; ``reduce_counts`` sums the counts of the processes'
+    shares in a multi-process run."""
     method.eval()
+    fast = fast or FastPath()
+    device = split.targets.device
     counts = None
     for start in range(0, len(split), batch_size):
-        inputs = benchmark.prepare(split.inputs[start : start + batch_size])
-        predictions = method(inputs).argmax(dim=1)
+        inputs = fast.inputs(benchmark.prepare(split.inputs[start : start + batch_size]))
+        with fast.autocast(device):
+            predictions = method(inputs).argmax(dim=1)
         batch_counts = group_counts(
             predictions,
             split.targets[start : start + batch_size],
@@ -83,7 +110,11 @@ def evaluate(
             num_biases=benchmark.num_biases,
         )
         counts = batch_counts if counts is None else counts + batch_counts
-    assert counts is not None, "empty evaluation split"
+    if counts is None:  # an empty split, or a process's empty share of a small one
+        shape = (2, benchmark.num_targets, benchmark.num_biases)
+        counts = torch.zeros(shape, dtype=torch.long, device=device)
+    if reduce_counts is not None:
+        counts = reduce_counts(counts)
     return group_metrics(counts, aligned)
 
 
@@ -94,38 +125,50 @@ def _train_epoch(
     config: TrainConfig,
     epoch: int,
     progress: bool,
+    runner: StepRunner | None = None,
 ) -> dict[str, float]:
     method.train()
+    runner = runner or StepRunner(method.training_step)
     train = benchmark.train
+    device = train.targets.device
+    # Every process draws the same order and takes its own share of each global batch.
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    order = torch.randperm(len(train), generator=generator).to(train.targets.device)
+    order = torch.randperm(len(train), generator=generator).to(device)
     # Sums stay on the device and are read once per epoch; on CPU a per-step finiteness
-    # check is free, on a GPU it would cost a sync, so it runs every 50 steps there.
-    check_every = 1 if train.targets.device.type == "cpu" else 50
+    # check is free, on a GPU it would cost a sync, so it runs every 50 steps there (and
+    # the progress bar shows the loss only when it is read anyway).
+    check_every = 1 if device.type == "cpu" else 50
     sums: dict[str, Tensor] = {}
-    correct = torch.zeros((), dtype=torch.long, device=train.targets.device)
-    batches = order.split(config.batch_size)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    batches = distributed.global_batches(order, config.batch_size, runner.context)
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
-    for step, indices in enumerate(bar):
-        inputs = benchmark.prepare(train.inputs[indices])
+    for step, batch in enumerate(bar):
+        indices, weight = distributed.local_share(batch, runner.context)
+        inputs = runner.fast.inputs(benchmark.prepare(train.inputs[indices]))
         targets, biases = train.targets[indices], train.biases[indices]
-        loss, logits, parts = method.training_step(inputs, targets, biases, indices)
-        checking = step % check_every == 0 or step == len(batches) - 1
-        if checking and not torch.isfinite(loss):
-            shown = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-            raise NonFiniteLossError(
-                f"non-finite training loss {float(loss.detach())} at epoch {epoch}, "
-                f"step {step} ({shown})"
-            )
+        with runner.fast.autocast(device):
+            loss, logits, parts = runner.step(inputs, targets, biases, indices)
+        if step % check_every == 0 or step == len(batches) - 1:
+            if not distributed.all_finite(loss, runner.context):
+                shown = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                raise NonFiniteLossError(
+                    f"non-finite training loss {float(loss.detach())} at epoch {epoch}, "
+                    f"step {step} ({shown})"
+                )
+            if progress and step % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # weight != 1 only for uneven shares in a multi-process run (endebias.distributed).
+        (loss if weight == 1.0 else loss * weight).backward()
         optimizer.step()
         size = len(indices)
         for key, value in {"loss": loss.detach(), **parts}.items():
             sums[key] = sums.get(key, 0) + value * size
         correct += (logits.detach().argmax(dim=1) == targets).sum()
-        if progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    if runner.context is not None:
+        totals = torch.stack([*(v.double() for v in sums.values()), correct.double()])
+        totals = distributed.sum_over_ranks(totals, runner.context)
+        sums, correct = dict(zip(sums, totals[:-1], strict=True)), totals[-1]
     count = len(train)
     result = {key: float(value) / count for key, value in sums.items()}
     result["acc"] = float(correct) / count
@@ -204,6 +247,11 @@ def fit(
     ``resume=True`` continues from the last checkpoint (a finished run returns at once).
     ``on_epoch(epoch, record)`` runs after each epoch's records are written; it may raise
     to stop the run (sweeps prune this way).
+
+    Launched by ``torchrun`` with several processes, this joins their process group (see
+    :mod:`endebias.distributed`; the caller may tear it down after): one run over the
+    global batch, records and checkpoints written by rank 0 only, ``on_epoch`` and
+    ``echo`` called on rank 0 only.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / records.CONFIG
@@ -222,6 +270,9 @@ def fit(
             return records.read_json(run_dir / records.BEST)
 
     device = resolve_device(config.device)
+    context, _ = distributed.setup(device.type)
+    device = distributed.local_device(device, context)
+    main = context is None or context.is_main
     torch.manual_seed(config.seed)
     benchmark = load_benchmark(config, data_dir=data_dir, device=device)
     train_counts = group_counts(
@@ -249,14 +300,26 @@ def fit(
         train_biases=benchmark.train.biases,
         **config.method_options,
     ).to(device)
+    distributed.prepare_method(method, context, device)
+    fast = FastPath.resolve(
+        device, amp=config.amp, compile=config.compile, channels_last=config.channels_last
+    )
+    fast.apply(method)
+    if device.type == "cuda":
+        # Fixed batch shapes: cuDNN times its kernels once per shape and keeps the fastest.
+        torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.Adam(
-        method.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        method.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+        fused=True if device.type == "cuda" else None,  # one kernel for the whole update
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, gamma=config.lr_gamma)
-    # Only now, with every option checked, does the folder become a run.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    records.atomic_write_json(config_path, config.to_dict())
-    (run_dir / records.ERROR).unlink(missing_ok=True)
+    # Only now, with every option checked, does the folder become a run; every process
+    # has checked it above before rank 0 writes.
+    distributed.barrier(context)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records.atomic_write_json(config_path, config.to_dict())
+        (run_dir / records.ERROR).unlink(missing_ok=True)
 
     history: list[dict[str, Any]] = []
     if resume and checkpoint_path.exists():
@@ -268,26 +331,40 @@ def fit(
         history = state["history"]
         log.info("resuming %s after epoch %d", run_dir, len(history))
 
+    runner = StepRunner(distributed.wrap_step(method, context, device), fast, context)
+    # Each process evaluates its share of every split; the counts are summed.
+    evaluations = {
+        name: distributed.shard_split(split, context)
+        for name, split in benchmark.evaluations.items()
+    }
+    reduce_counts = partial(distributed.sum_over_ranks, context=context) if context else None
+    progress = progress and main
+    if main:
+        log.info("device %s, fast path: %s", device, fast.describe())
     names = list(benchmark.evaluations)
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_stats = _train_epoch(method, optimizer, benchmark, config, epoch, progress)
+            train_stats = _train_epoch(
+                method, optimizer, benchmark, config, epoch, progress, runner
+            )
             scheduler.step()
             record: dict[str, Any] = {"epoch": epoch, "lr": lr}
             record.update({f"train_{k}": v for k, v in train_stats.items()})
             record["train_seconds"] = time.perf_counter() - started
-            for name, split in benchmark.evaluations.items():
+            for name, split in evaluations.items():
                 metrics = evaluate(
-                    method, benchmark, split, batch_size=config.eval_batch_size, aligned=aligned
+                    method, benchmark, split, batch_size=config.eval_batch_size,
+                    aligned=aligned, fast=fast, reduce_counts=reduce_counts,
                 )
                 record.update({f"{name}_{k}": v for k, v in metrics.items()})
             record["seconds"] = time.perf_counter() - started
+            history.append(records.json_safe(record))
+            if not main:
+                continue
             if config.save_features:
                 save_features(method, benchmark, run_dir, epoch, config.save_features)
-            # NaN (an empty group set) is stored as null: records in memory equal those on disk.
-            history.append(records.json_safe(record))
             # The checkpoint carries the history, so the records rewritten from it after a
             # kill always match the weights they describe.
             _save_checkpoint(
@@ -307,14 +384,16 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, record)
     except NonFiniteLossError as error:
-        records.atomic_write_json(
-            run_dir / records.ERROR, {"error": type(error).__name__, "message": str(error)}
-        )
+        if main:
+            records.atomic_write_json(
+                run_dir / records.ERROR, {"error": type(error).__name__, "message": str(error)}
+            )
         raise
     if not history:
         raise RuntimeError(f"{run_dir}: no epoch was run (epochs={config.epochs})")
     best = _best(history)
-    (run_dir / records.DONE).write_text("")
+    if main:
+        (run_dir / records.DONE).write_text("")
     return best
 
 

@@ -1,0 +1,83 @@
+"""The fast-path options: parsing, what "auto" means, and that they keep the arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from endebias.cli import build_parser, config_from_args
+from endebias.config import TrainConfig, make_config
+from endebias.fastpath import FastPath
+from endebias.methods import build_method
+from endebias.models import build_model
+from endebias.records import read_metrics
+from endebias.train import fit
+
+CPU = torch.device("cpu")
+
+
+def test_switches_accept_yaml_booleans_and_reject_others() -> None:
+    config = TrainConfig(amp=True, compile=False)
+    assert (config.amp, config.compile, config.channels_last) == ("on", "off", "auto")
+    with pytest.raises(ValueError, match="compile must be one of auto, on, off"):
+        TrainConfig(compile="fast")
+
+
+def test_cli_flags_reach_the_config() -> None:
+    args = build_parser().parse_args(
+        ["train", "--amp", "off", "--compile", "on", "--channels-last", "off"]
+    )
+    config = config_from_args(args)
+    assert (config.amp, config.compile, config.channels_last) == ("off", "on", "off")
+    default = config_from_args(build_parser().parse_args(["train"]))
+    assert (default.amp, default.compile, default.channels_last) == ("auto", "auto", "auto")
+
+
+def test_auto_leaves_the_cpu_path_unchanged() -> None:
+    assert FastPath.resolve(CPU) == FastPath()
+    forced = FastPath.resolve(CPU, amp="on", compile="off", channels_last="on")
+    assert forced == FastPath(amp=True, compile=False, channels_last=True)
+
+
+def test_channels_last_converts_weights_and_inputs() -> None:
+    model = build_model("simple-conv", num_classes=10, input_shape=(3, 28, 28))
+    fast = FastPath(channels_last=True)
+    fast.apply(model)
+    conv = model.blocks[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = fast.inputs(torch.zeros(2, 3, 28, 28))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert fast.inputs(torch.zeros(2, 5)).shape == (2, 5)  # non-image inputs pass through
+
+
+def test_bf16_autocast_keeps_the_end_loss_close() -> None:
+    torch.manual_seed(0)
+    model = build_model("simple-conv", num_classes=4, input_shape=(3, 8, 8), kernel_size=3)
+    labels = torch.arange(16) % 4
+    method = build_method("end", model=model, num_targets=4, num_biases=4,
+                          train_targets=labels, train_biases=labels)
+    inputs, biases = torch.randn(16, 3, 8, 8), torch.roll(labels, 1)
+    exact, _, exact_parts = method.training_step(inputs, labels, biases, labels)
+    with FastPath(amp=True).autocast(CPU):
+        mixed, _, mixed_parts = method.training_step(inputs, labels, biases, labels)
+    assert mixed_parts["r_perp"].dtype == torch.float32  # summed in float32 under autocast
+    torch.testing.assert_close(mixed, exact, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(mixed_parts["r_par"], exact_parts["r_par"], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_compile_and_channels_last_train_like_eager(tmp_path: Path) -> None:
+    """One epoch of EnD on the synthetic benchmark with the options forced on (CPU): the
+    same records as the eager path, to float tolerance."""
+    results = {}
+    for name, switch in (("eager", "off"), ("fast", "on")):
+        config = make_config(
+            "quick", dataset="synthetic", method="end", epochs=1, device="cpu",
+            compile=switch, channels_last=switch, amp="off",
+        )
+        fit(config, tmp_path / name, progress=False)
+        results[name] = read_metrics(tmp_path / name)[0]
+    for key in ("train_loss", "train_r_perp", "train_r_par", "valid_acc", "unbiased_test_acc"):
+        assert results["fast"][key] == pytest.approx(results["eager"][key], rel=1e-3, abs=1e-4), key
