@@ -37,4 +37,4 @@ def build_model(
     return _REGISTRY[name](num_classes=num_classes, input_shape=input_shape, **options)
 
 
-from endebias.models import mlp, simple_conv  # noqa: E402,F401  (registers its models)
+from endebias.models import mlp, resnet, simple_conv  # noqa: E402,F401  (registers its models)
