@@ -137,3 +137,18 @@ def test_missing_or_corrupt_image_is_named(tmp_path):
     (folder / "img_align_celeba" / "000007.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(ValueError, match=r"000007.jpg: cannot decode the image"):
         _build(folder, cache=False)
+
+
+def test_trains_resnet18_with_end_through_the_unchanged_trainer(tmp_path):
+    from endebias.config import TrainConfig
+    from endebias.train import fit
+
+    write_celeba(tmp_path / "celeba")
+    options = {"root": str(tmp_path / "celeba"), "image_size": 32, "workers": 0,
+               "progress": False, "cache": False}
+    config = TrainConfig(dataset="celeba", dataset_options=options, model="resnet18",
+                         method="end", method_options={"alpha": 1.0, "beta": 1.0}, epochs=1,
+                         batch_size=16, device="cpu")
+    best = fit(config, tmp_path / "run", progress=False)
+    assert {"valid_acc", "valid_conflicting_acc", "unbiased_test_acc", "biased_test_acc",
+            "biased_test_acc_worst_group"} <= set(best)

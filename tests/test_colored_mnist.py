@@ -132,3 +132,16 @@ def test_bad_options_are_named() -> None:
         build_dataset("colored-mnist", sigma2=-0.1)
     with pytest.raises(ValueError, match="unknown option.*rho"):
         build_dataset("colored-mnist", rho=0.9)
+
+
+def test_trains_through_the_unchanged_trainer(tmp_path, monkeypatch) -> None:
+    from endebias.config import QUICK, TrainConfig
+    from endebias.train import fit
+
+    table, _ = write_mnist(tmp_path / "mnist", n_train=300, n_test=60)
+    use_checksums(monkeypatch, table)
+    config = TrainConfig(dataset="colored-mnist", dataset_options={"sigma2": 0.05},
+                         model_options=QUICK["model_options"], method="end", epochs=1,
+                         batch_size=64, device="cpu")
+    best = fit(config, tmp_path / "run", data_dir=str(tmp_path), progress=False)
+    assert {"valid_acc", "biased_test_acc", "unbiased_test_acc_conflicting"} <= set(best)

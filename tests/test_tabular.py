@@ -170,3 +170,20 @@ def test_real_pima_loads_with_age_split_at_the_training_median():
     total = len(bench.train) + sum(len(bench.evaluations[k]) for k in
                                    ("valid", "biased_test", "unbiased_test"))
     assert total <= 532
+
+
+def test_trains_through_the_unchanged_trainer(tmp_path):
+    from endebias.config import TrainConfig
+    from endebias.train import fit
+
+    path = _write(tmp_path / "t.csv", n=300)
+    options = {"path": str(path), "target": "type", "bias": "age", "bias_binning": "median",
+               "setting": "imbalance", "minority_size": 5, "features": ["x1", "age"]}
+    config = TrainConfig(dataset="tabular", dataset_options=options, model="mlp",
+                         model_options={"hidden": [16, 8]}, method="end",
+                         method_options={"alpha": 1.0, "beta": 1.0}, epochs=2, batch_size=32,
+                         device="cpu")
+    best = fit(config, tmp_path / "run", progress=False)
+    for key in ("valid_acc", "unbiased_test_acc", "unbiased_test_bias0_acc",
+                "unbiased_test_bias1_acc", "biased_test_acc_worst_group"):
+        assert 0.0 <= best[key] <= 1.0
