@@ -8,6 +8,7 @@ agent rebuilds both from it, each with its own sampler seed.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -74,6 +75,8 @@ def open_storage(
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")):
         raise ValueError(f"storage {mask_url(url)!r}: expected sqlite:///PATH or postgresql://...")
     engine_kwargs: dict[str, Any] = {}
+    shown = mask_url(url)
+    url = _with_driver(url)
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -100,8 +103,24 @@ def open_storage(
         except Exception as error:  # driver errors have many types; all mean the same here
             first = _scrub(str(error), url).strip().splitlines()[0] if str(error) else ""
             raise RuntimeError(
-                f"cannot open sweep storage {mask_url(url)}: {type(error).__name__}: {first}"
+                f"cannot open sweep storage {shown}: {type(error).__name__}: {first}"
             ) from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg (3) to SQLAlchemy 2.1; use psycopg2 when only it is
+    installed (``pip install endebias[postgres]`` brings psycopg2-binary)."""
+    if not url.startswith("postgresql://"):
+        return url
+    for module, scheme in (
+        ("psycopg", "postgresql+psycopg://"),
+        ("psycopg2", "postgresql+psycopg2://"),
+    ):
+        if importlib.util.find_spec(module) is not None:
+            return scheme + url.removeprefix("postgresql://")
+    raise RuntimeError(
+        f"storage {mask_url(url)}: no PostgreSQL driver; pip install psycopg2-binary"
+    )
 
 
 def new_sweep_id(spec: SweepSpec) -> str:
