@@ -82,3 +82,11 @@ def test_bad_config_values_name_the_option(overrides, message):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         make_config("fast")
+
+
+def test_overriding_one_model_option_keeps_the_presets_others():
+    config = make_config("quick", model_options={"channels": [8, 16, 32, 64]})
+    assert config.model_options["channels"] == [8, 16, 32, 64]
+    assert config.model_options["kernel_size"] == 3
+    assert config.model_options["pool_after"] == [0, 1]
+    assert config.dataset_options == {"rho": 0.997}

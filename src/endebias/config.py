@@ -118,11 +118,14 @@ def make_config(preset: str | None = "paper", **overrides: Any) -> TrainConfig:
     """A config from a preset with some options replaced; dict options are merged."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    values: dict[str, Any] = {"preset": preset, **dataclasses.asdict(TrainConfig())}
-    for key, value in (PRESETS.get(preset or "", {}) | overrides).items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
+    values: dict[str, Any] = dataclasses.asdict(TrainConfig())
+    # Preset first, then the overrides; dict options (model_options...) merge key by key,
+    # so overriding one model option keeps the preset's others.
+    for layer in (PRESETS.get(preset or "", {}), overrides):
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
     values["preset"] = preset
     return TrainConfig.from_dict(values)
