@@ -219,6 +219,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 6)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer sets it; for every variant
 
     config = make_config("paper", method="end", device=args.device, eval_subset=1,
                          train_subset=args.batches * BATCH if args.batches else None,
