@@ -67,8 +67,9 @@ def test_results_rows_and_summary(storage, capsys):
     out = run(capsys, "results", STUDY, "--storage", storage)
     lines = out.splitlines()
     assert lines[0].split() == list(results.TABLE_COLUMNS)
-    # Sorted by valid accuracy (ties by id); the killed attempt (3, re-run as 6) and the
-    # surplus trial (8) are left out; running, pruned and failed trials are shown.
+    # Sorted by valid accuracy (ties by id). Left out: the killed attempt (3, re-run as 6),
+    # the skipped trial (8) and trial 9, which asked for trial 4's config again (one run).
+    # Running, pruned and failed trials are shown.
     assert [line.split()[-1] for line in lines[1:8]] == ["7", "1", "6", "4", "0", "2", "5"]
     assert [line.split()[-2] for line in lines[1:8]] == [
         "RUNNING", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "FAIL"]

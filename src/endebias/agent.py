@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +30,20 @@ BEST_KEYS = ("valid_acc", "biased_test_acc", "unbiased_test_acc", "unbiased_test
 ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
-class SweepFull(Exception):
+class TrialSkipped(Exception):
+    """The trial ends as failed without being a failure: it is marked ``skipped`` and both
+    the agent's count and the results leave it out."""
+
+
+class SweepFull(TrialSkipped):
     """Another agent took the sweep's last trial at the same moment: this one is not needed."""
 
 
-class FolderTaken(Exception):
+class FolderTaken(TrialSkipped):
     """Another running trial trains the same config into the same folder."""
 
 
-class TrialTakenOver(Exception):
+class TrialTakenOver(TrialSkipped):
     """This trial was failed by another agent (missed heartbeats) and re-queued."""
 
 
@@ -47,6 +53,7 @@ class AgentResult:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
+    skipped: int = 0
 
 
 def suggest(trial: optuna.Trial, parameter: Parameter) -> Any:
@@ -81,6 +88,14 @@ class Objective:
         self.cap = min(filter(None, (spec.run_cap, spec.grid_size())), default=None)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._train(trial)
+        except TrialSkipped as skipped:
+            trial.set_user_attr("skipped", str(skipped))
+            log.info("trial %d skipped: %s", trial.number, skipped)
+            raise
+
+    def _train(self, trial: optuna.Trial) -> float:
         from endebias.train import fit  # torch: only in agents
 
         self._check_not_surplus(trial)
@@ -131,7 +146,6 @@ class Objective:
             return
         earlier = [t for t in _trials(trial.study, ALIVE) if t.number < trial.number]
         if len(earlier) >= self.cap:
-            trial.set_user_attr("surplus", True)
             raise SweepFull(f"the sweep already has its {self.cap} trials")
 
     def _check_folder_free(self, trial: optuna.Trial, run_dir: Path) -> None:
@@ -216,21 +230,26 @@ def run_agent(
         study.optimize(
             objective,
             n_trials=1,
-            catch=(NonFiniteLossError, SweepFull, FolderTaken, TrialTakenOver),
+            catch=(NonFiniteLossError, TrialSkipped),
             callbacks=[lambda _, trial: finished.append(trial)],
         )
         last = finished[-1]
         result.trials += 1
+        if last.user_attrs.get("skipped"):
+            # A full sweep ends the loop at its next check; a config that another agent is
+            # training comes back once that run is done, so wait a little before asking again.
+            result.skipped += 1
+            time.sleep(0 if objective.cap else settings["heartbeat_interval"])
+            continue
         result.complete += last.state == TrialState.COMPLETE
         result.pruned += last.state == TrialState.PRUNED
         result.failed += last.state == TrialState.FAIL
-        if last.user_attrs.get("surplus"):
-            break
     log.info(
-        "agent done: %d trials (%d complete, %d pruned, %d failed)",
+        "agent done: %d trials (%d complete, %d pruned, %d failed, %d skipped)",
         result.trials,
         result.complete,
         result.pruned,
         result.failed,
+        result.skipped,
     )
     return result

@@ -39,16 +39,22 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
     from endebias.agent import run_agent
     from endebias.sweep import default_storage
 
-    result = run_agent(
-        args.id,
-        storage=args.storage or default_storage(args.runs),
-        runs_dir=args.runs,
-        count=args.count,
-        prune=args.prune,
-        data_dir=args.data_dir,
-        agent_id=args.agent_id,
-        progress=sys.stderr.isatty(),
-    )
+    try:
+        result = run_agent(
+            args.id,
+            storage=args.storage or default_storage(args.runs),
+            runs_dir=args.runs,
+            count=args.count,
+            prune=args.prune,
+            data_dir=args.data_dir,
+            agent_id=args.agent_id,
+            progress=sys.stderr.isatty(),
+        )
+    except KeyboardInterrupt:
+        print("interrupted: the trial is back in the queue; the next agent resumes its run "
+              "folder from the last finished epoch", file=sys.stderr)
+        return 130
+    # Failing every trial (bad data, a broken option) is an error; a NaN run among others not.
     return 0 if result.complete or not result.failed else 1
 
 

@@ -81,8 +81,11 @@ def _frame(points: np.ndarray, targets: np.ndarray, biases: np.ndarray, title: s
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
     limit = np.abs(points).max() * 1.05 or 1.0
     for axis, labels, name in ((axes[0], targets, "target"), (axes[1], biases, "bias")):
+        count = int(labels.max()) + 1  # one colour per label value
+        cmap = plt.get_cmap("tab10" if count <= 10 else "tab20", count)
         scatter = axis.scatter(
-            points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=8, alpha=0.8
+            points[:, 0], points[:, 1], c=labels, cmap=cmap, vmin=-0.5, vmax=count - 0.5, s=8,
+            alpha=0.8,
         )
         axis.set(
             title=f"coloured by {name}",
@@ -91,7 +94,7 @@ def _frame(points: np.ndarray, targets: np.ndarray, biases: np.ndarray, title: s
             xticks=[],
             yticks=[],
         )
-        fig.colorbar(scatter, ax=axis, ticks=sorted(set(labels.tolist()))[:10], fraction=0.046)
+        fig.colorbar(scatter, ax=axis, ticks=range(count), fraction=0.046)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

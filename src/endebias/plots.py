@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from endebias.results import Row, Run, load_run  # noqa: E402
 
@@ -80,6 +81,8 @@ def plot_alpha_beta(rows: list[Row], path: str | Path, *, title: str = "") -> Pa
         fig.colorbar(scatter, ax=axis, label="unbiased test accuracy (%)")
     axis.set(xlabel="alpha (disentangling)", ylabel="beta (entangling)",
              title=title or "alpha-beta plane (small dots: not complete)")
+    axis.set_xlim(left=0)  # the search starts at 0: show where the runs are within it
+    axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
     return _save(fig, Path(path))
 
@@ -109,16 +112,20 @@ def plot_learning_curves(
 ) -> Path:
     """Valid (solid) and unbiased test (dashed) accuracy per epoch of the top runs."""
     fig, axis = plt.subplots(figsize=(6, 4.4))
-    shown = [r for r in rows if r.run_dir and Path(r.run_dir, "metrics.jsonl").exists()][:top]
+    # The runs the summary counts (top complete ones), else whatever has records.
+    with_records = [r for r in rows if r.run_dir and Path(r.run_dir, "metrics.jsonl").exists()]
+    shown = ([r for r in with_records if r.state == "COMPLETE"] or with_records)[:top]
     for index, row in enumerate(shown):
         history = [h for h in load_run(row.run_dir).history if h.get("valid_acc") is not None]
         epochs = [h["epoch"] for h in history]
         colour = f"C{index}"
         label = f"{row.id}: alpha {row.alpha:.3g}, beta {row.beta:.3g}" if row.alpha is not None \
             else f"{row.id}"
-        axis.plot(epochs, [100 * h["valid_acc"] for h in history], color=colour, label=label)
+        axis.plot(epochs, [100 * h["valid_acc"] for h in history], color=colour, label=label,
+                  marker="o", markersize=3)
         axis.plot(epochs, [100 * (h.get("unbiased_test_acc") or float("nan")) for h in history],
-                  color=colour, ls="--")
+                  color=colour, ls="--", marker="o", markersize=3)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set(xlabel="epoch", ylabel="accuracy (%)",
              title=title or f"top {top} runs: valid (solid), unbiased test (dashed)")
     axis.grid(alpha=0.3)

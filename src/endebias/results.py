@@ -123,15 +123,21 @@ def _id_key(ident: str) -> tuple[int, str]:
 
 def rows_from_study(study: Any) -> list[Row]:
     """Rows of an Optuna study made by ``endebias sweep``: one per trial with a result.
-    Trials that were re-queued (their retry holds the run) and surplus trials are left out."""
+    Left out: trials that were re-queued (their retry holds the run), trials an agent
+    skipped (the sweep was full, another trial trained the same config) and repeats of a
+    config already listed."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.user_attrs["requeued_from"] for t in trials if "requeued_from" in t.user_attrs}
-    rows = []
+    rows, seen_runs = [], set()
     for trial in trials:
         attrs = trial.user_attrs
-        if trial.number in retried or attrs.get("surplus") or attrs.get("valid_acc") is None:
+        if trial.number in retried or attrs.get("skipped") or attrs.get("valid_acc") is None:
             continue
+        # The same config asked twice trains once: one row per run folder.
+        if attrs.get("run_dir") in seen_runs:
+            continue
+        seen_runs.add(attrs.get("run_dir"))
         rows.append(Row(
             id=str(trial.number), state=trial.state.name, valid_acc=attrs["valid_acc"],
             biased_test_acc=attrs.get("biased_test_acc"),
