@@ -94,6 +94,11 @@ class Objective:
             trial.set_user_attr("skipped", str(skipped))
             log.info("trial %d skipped: %s", trial.number, skipped)
             raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            raise
 
     def _train(self, trial: optuna.Trial) -> float:
         from endebias.train import fit  # torch: only in agents
@@ -219,8 +224,9 @@ def run_agent(
         log.info("sweep %s has no run_cap: this agent runs until stopped (Ctrl-C)", sweep_id)
     result = AgentResult()
     finished: list[optuna.trial.FrozenTrial] = []
-    # Optuna warns when a trial fails by a caught exception; the log line below says it once.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs every failed trial with its traceback, skipped ones too; the agent logs
+    # one line per trial instead (and an error that stops it reaches the command line).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     while count is None or result.trials < count:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -244,6 +250,13 @@ def run_agent(
         result.complete += last.state == TrialState.COMPLETE
         result.pruned += last.state == TrialState.PRUNED
         result.failed += last.state == TrialState.FAIL
+        outcome = {
+            TrialState.COMPLETE: f"complete, best valid_acc {last.value}",
+            TrialState.PRUNED: f"pruned after epoch {last.last_step}",
+        }.get(last.state, f"failed: {last.user_attrs.get('error', 'unknown error')}")
+        log.info(
+            "trial %d %s (run folder %s)", last.number, outcome, last.user_attrs.get("run_dir")
+        )
     log.info(
         "agent done: %d trials (%d complete, %d pruned, %d failed, %d skipped)",
         result.trials,
