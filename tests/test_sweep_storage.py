@@ -43,6 +43,18 @@ def test_unreachable_database_is_one_line_without_the_password():
     assert message.startswith("cannot open sweep storage postgresql://endebias:***@127.0.0.1:1/")
 
 
+def test_a_missing_sqlite_file_is_not_created_by_readers(tmp_path, capsys, monkeypatch):
+    from endebias.cli import main
+
+    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
+    url = f"sqlite:///{tmp_path}/runs/sweeps.db"
+    with pytest.raises(FileNotFoundError, match="no sweep database at .*create a sweep first"):
+        sweep.open_storage(url)
+    assert main(["results", "some-id", "--runs", str(tmp_path / "runs")]) == 2
+    assert "no sweep database" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bad_storage_scheme():
     with pytest.raises(ValueError, match="expected sqlite:///PATH or postgresql"):
         sweep.open_storage("redis://user:pw@host")

@@ -65,8 +65,10 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int | None = None,
+    create: bool = False,
 ) -> optuna.storages.RDBStorage:
-    """RDB storage for ``url`` (``sqlite:///path`` or ``postgresql://...``).
+    """RDB storage for ``url`` (``sqlite:///path`` or ``postgresql://...``); a missing
+    SQLite file is an error unless ``create`` (only ``sweep create`` makes one).
 
     With ``heartbeat_interval``, a trial whose agent stops beating for ``grace_period``
     seconds is failed by the next agent and re-queued with the same parameters (up to
@@ -80,6 +82,11 @@ def open_storage(
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
+            if not create and not Path(path).exists():
+                raise FileNotFoundError(
+                    f"no sweep database at {path}: create a sweep first (endebias sweep create "
+                    "FILE), or give --storage / --runs"
+                )
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Several agents share one file: wait for the writer's lock instead of failing.
         engine_kwargs["connect_args"] = {"timeout": 60}
@@ -131,7 +138,7 @@ def new_sweep_id(spec: SweepSpec) -> str:
 def create_sweep(spec: SweepSpec, *, storage: str, sweep_id: str | None = None) -> str:
     """Create the study for ``spec`` in ``storage`` and return its id (the study name)."""
     sweep_id = sweep_id or new_sweep_id(spec)
-    rdb = open_storage(storage)
+    rdb = open_storage(storage, create=True)
     try:
         study = optuna.create_study(study_name=sweep_id, storage=rdb, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
