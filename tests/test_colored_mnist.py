@@ -36,6 +36,20 @@ def test_drawn_colours_have_requested_mean_and_variance(sigma2: float) -> None:
     assert (correlation - torch.eye(3)).abs().max() < 0.05
 
 
+def test_stored_stroke_colours_match_the_class_mean_and_variance() -> None:
+    """The uint8 images themselves, at a variance small enough that clipping is rare
+    (the class means sit >= 2.8 sigma inside [0, 1])."""
+    images, targets = _digits(20_000, seed=5)
+    split = make_split(images, targets, random_colours=False, sigma2=0.005,
+                       generator=torch.Generator().manual_seed(2))
+    colours = _stroke_colours(split)
+    for c in range(10):
+        own = colours[split.targets == c]
+        mean = torch.tensor(MEAN_COLOURS[c], dtype=own.dtype)
+        assert torch.allclose(own.mean(0), mean, atol=0.006)
+        assert torch.allclose(own.var(0), torch.full((3,), 0.005, dtype=own.dtype), rtol=0.15)
+
+
 def test_rendered_strokes_carry_the_colour_on_black() -> None:
     images = torch.zeros(3, 4, 4, dtype=torch.uint8)
     images[:, 1:3, 1:3] = 255
