@@ -79,8 +79,10 @@ class Objective:
         runs_dir: Path,
         data_dir: str | None,
         progress: bool,
+        wandb_project: str | None = None,
     ) -> None:
         self.spec = spec
+        self.wandb_project = wandb_project
         self.sweep_id = sweep_id
         self.runs_dir = runs_dir
         self.data_dir = data_dir
@@ -120,14 +122,19 @@ class Objective:
         reported: set[int] = set()
         self._report(trial, run_dir, reported)
 
+        tracker = self._tracker(trial, config.to_dict())
+
         def on_epoch(epoch: int, record: dict[str, Any]) -> None:
             self._report(trial, run_dir, reported)
+            if tracker is not None:
+                tracker.log(record)
             if trial.number not in {t.number for t in _trials(trial.study, (TrialState.RUNNING,))}:
                 raise TrialTakenOver(f"trial {trial.number} was failed by another agent")
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         log.info("trial %d: %s -> %s", trial.number, sampled, run_dir)
+        state = "FAIL"
         try:
             best = fit(
                 config,
@@ -138,12 +145,34 @@ class Objective:
                 on_epoch=on_epoch,
                 echo=lambda line: log.info("trial %d: %s", trial.number, line),
             )
+            state = "COMPLETE"
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
         except KeyboardInterrupt:
             # Put the same parameters back in the queue: the next agent resumes the folder.
             trial.study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+            state = "INTERRUPTED"
             raise
+        finally:
+            if tracker is not None:
+                tracker.finish(run_dir, state=state)
         self._report(trial, run_dir, reported)
         return float(best["valid_acc"])
+
+    def _tracker(self, trial: optuna.Trial, config: dict[str, Any]):
+        """A W&B run mirroring this trial when the agent was asked for one (off by default)."""
+        if self.wandb_project is None:
+            return None
+        from endebias.tracking import WandbRun
+
+        return WandbRun(
+            project=self.wandb_project,
+            name=f"{self.sweep_id}-{trial.number}",
+            group=self.sweep_id,
+            config={**config, "trial": trial.number},
+            folder=self.runs_dir / self.sweep_id / "wandb",
+        )
 
     def _check_not_surplus(self, trial: optuna.Trial) -> None:
         """With a run cap, two agents may start the last trial at once: the later one stops."""
@@ -198,6 +227,7 @@ def run_agent(
     data_dir: str | None = None,
     agent_id: int | None = None,
     progress: bool = False,
+    wandb_project: str | None = None,
 ) -> AgentResult:
     """Run trials of ``sweep_id`` until ``count`` are done or the sweep has its run cap."""
     from endebias.train import NonFiniteLossError
@@ -218,7 +248,12 @@ def run_agent(
         pruner=sweep.build_pruner(spec, prune),
     )
     objective = Objective(
-        spec, sweep_id=sweep_id, runs_dir=Path(runs_dir), data_dir=data_dir, progress=progress
+        spec,
+        sweep_id=sweep_id,
+        runs_dir=Path(runs_dir),
+        data_dir=data_dir,
+        progress=progress,
+        wandb_project=wandb_project,
     )
     if objective.cap is None and count is None:
         log.info("sweep %s has no run_cap: this agent runs until stopped (Ctrl-C)", sweep_id)

@@ -49,10 +49,14 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             agent_id=args.agent_id,
             progress=sys.stderr.isatty(),
+            wandb_project=args.wandb,
         )
     except KeyboardInterrupt:
-        print("interrupted: the trial is back in the queue; the next agent resumes its run "
-              "folder from the last finished epoch", file=sys.stderr)
+        print(
+            "interrupted: the trial is back in the queue; the next agent resumes its run "
+            "folder from the last finished epoch",
+            file=sys.stderr,
+        )
         return 130
     # Failing every trial (bad data, a broken option) is an error; a NaN run among others not.
     return 0 if result.complete or not result.failed else 1
@@ -129,6 +133,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         type=int,
         help="added to the file's optuna.seed for this "
         "agent's sampler (default: from host name and process id)",
+    )
+    agent.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="also log each trial to Weights & Biases (offline unless WANDB_MODE is set; "
+        "needs pip install wandb); off by default",
     )
     agent.set_defaults(handler=cmd_sweep_agent)
 
