@@ -58,7 +58,7 @@ def test_paper_preset_is_the_protocol():
     )
     assert (config.lr_step, config.lr_gamma, config.seed) == (20, 0.1, 42)
     assert config.method_options == {"alpha": 0.1}
-    assert config.dataset_options == {"rho": 0.997}
+    assert config.dataset_options == {}
 
 
 @pytest.mark.parametrize(
@@ -89,4 +89,9 @@ def test_overriding_one_model_option_keeps_the_presets_others():
     assert config.model_options["channels"] == [8, 16, 32, 64]
     assert config.model_options["kernel_size"] == 3
     assert config.model_options["pool_after"] == [0, 1]
-    assert config.dataset_options == {"rho": 0.997}
+
+
+def test_another_model_does_not_inherit_the_presets_simple_conv_options():
+    config = make_config("quick", model="mlp", model_options={"hidden": [8]})
+    assert config.model_options == {"hidden": [8]}
+    assert config.epochs == 6

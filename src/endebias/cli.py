@@ -34,6 +34,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method", default="vanilla", help="training method (default: %(default)s)"
     )
+    parser.add_argument("--model", help="model name (default: the preset's simple-conv)")
     parser.add_argument("--alpha", type=float, help="EnD disentangling weight")
     parser.add_argument("--beta", type=float, help="EnD entangling weight")
     parser.add_argument(
@@ -64,6 +65,14 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="any method option, e.g. layer=blocks.9",
     )
     parser.add_argument(
+        "--model-option",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="any model option, e.g. channels=[8,16,32,64]",
+    )
+    parser.add_argument(
         "--dataset-option",
         action="append",
         type=parse_assignment,
@@ -91,6 +100,7 @@ def config_from_args(args: argparse.Namespace):
         "device": args.device,
     }
     for name in (
+        "model",
         "epochs",
         "batch_size",
         "lr",
@@ -114,6 +124,7 @@ def config_from_args(args: argparse.Namespace):
             method_options[name] = getattr(args, name)
     overrides["dataset_options"] = dataset_options
     overrides["method_options"] = method_options
+    overrides["model_options"] = dict(args.model_option)
     return make_config(args.preset, **overrides)
 
 

@@ -282,7 +282,8 @@ def fit(
         num_targets=benchmark.num_targets,
         num_biases=benchmark.num_biases,
     )[0]
-    aligned = aligned_groups(train_counts)
+    aligned = benchmark.aligned if benchmark.aligned is not None else aligned_groups(train_counts)
+    aligned = aligned.to(train_counts.device)
 
     torch.manual_seed(config.seed)
     model = build_model(

@@ -64,6 +64,9 @@ class Benchmark:
     prepare: Callable[[Tensor], Tensor] = scale_uint8_images
     target_names: list[str] | None = None
     bias_names: list[str] | None = None
+    # (T, C) bool: which (target, bias) groups are bias-aligned. None: for each target, the
+    # bias value most frequent in training (right for Biased MNIST; CelebA sets its own).
+    aligned: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

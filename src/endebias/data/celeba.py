@@ -223,6 +223,8 @@ def build_celeba(
         prepare=imagenet_normalise,
         target_names=[f"not {target}", target],
         bias_names=["female", "male"],
+        # The stereotype: blond / made-up women and the others men (target != male).
+        aligned=torch.tensor([[False, True], [True, False]]),
         info={"target": target, "bias": BIAS, "image_size": image_size, "folder": str(folder),
               "seed": seed, "train_size": train_size},
     )
