@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,9 +58,11 @@ def endebias(*args: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = 120) -> str:
+def finish(process: subprocess.Popen, timeout: float = 120, *, secret: str = "") -> str:
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"exit {process.returncode}\n{err[-3000:]}"
+    if secret:  # the database password never shows, whatever the agent logs
+        assert secret not in out + err
     return out
 
 
@@ -82,8 +85,9 @@ def two_agents_sweep(tmp_path: Path, capsys, storage: str) -> None:
     sweep_id = create(tmp_path, capsys, storage, run_cap=4, epochs=2)
     agents = [endebias("sweep", "agent", sweep_id, "--storage", storage, "--count", "3",
                        "--agent-id", str(i), cwd=tmp_path) for i in range(2)]
+    password = re.search(r"://[^:/@]+:([^@]+)@", storage)
     for agent in agents:
-        finish(agent)
+        finish(agent, secret=password.group(1) if password else "")
     study = sweep.load_study(sweep_id, storage=storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     others = [t for t in study.trials if t.state != TrialState.COMPLETE]
