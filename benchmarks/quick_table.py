@@ -14,6 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from endebias.config import make_config
 from endebias.demo import DEMO_END_OPTIONS
 from endebias.train import fit
@@ -34,7 +36,10 @@ def main() -> None:
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.999, 0.997, 0.995, 0.990])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--threads", type=int, help="torch threads (1 when running two at once)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     results: dict[tuple[str, float], list[dict]] = {}
     minutes: list[float] = []
