@@ -143,11 +143,9 @@ def _method_options(name: str) -> set[str]:
 
 def _dataset_options(name: str) -> set[str]:
     """The keyword options of a dataset's builder, less those the trainer passes itself."""
-    from endebias import data
+    from endebias.data import dataset_builder
 
-    if name not in data.dataset_names():
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(data.dataset_names())}")
-    builder = data._REGISTRY[name]  # no public accessor for a builder (yet)
+    builder = dataset_builder(name)
     return set(inspect.signature(builder).parameters) - {"data_dir", "seed", "device"}
 
 

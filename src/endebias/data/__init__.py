@@ -92,10 +92,15 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_dataset(name: str, **options: Any) -> Benchmark:
+def dataset_builder(name: str) -> BenchmarkBuilder:
+    """The registered builder (its signature lists the dataset's options)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def build_dataset(name: str, **options: Any) -> Benchmark:
+    return dataset_builder(name)(**options)
 
 
 # Built-in benchmarks register themselves on import; they import the names above.
