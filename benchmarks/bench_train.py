@@ -12,22 +12,25 @@ style, in the same process, on Biased MNIST (rho 0.997, batch 256, SimpleConvNet
   epoch and, on CUDA, the fast path (channels_last, bf16 autocast, torch.compile).
 * ``ours-eager`` (CUDA only): the same with the fast path off.
 
-Training only, no evaluation. Variants alternate in rounds, so that load on a shared
-machine hits them alike; each first runs one untimed warm-up pass. FLOPs per image come
-from the conv/linear shapes (2 x multiply-adds forward, x3 for a training step); the peak
-is the best rate of a large matmul on the same device (float32 on CPU, bf16 on CUDA: the
-precision each path computes in).
+Training only, no evaluation. Variants take turns (on CPU batch by batch, on CUDA whole
+rounds), so that load on a shared machine hits them alike, and the median ratio of paired
+turns is reported beside the overall rates; each first runs one untimed warm-up turn.
+FLOPs per image come from the conv/linear shapes (2 x multiply-adds forward, x3 for a
+training step); the peak is the best rate of a large matmul on the same device (float32
+on CPU, bf16 on CUDA: the precision each path computes in).
 
-    .venv/bin/python benchmarks/bench_train.py                   # CPU: 2 rounds x 8 batches
+    .venv/bin/python benchmarks/bench_train.py                   # CPU: 16 batches, alternating
     .venv/bin/python benchmarks/bench_train.py --device cuda --batches 0 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -108,6 +111,8 @@ def new_method(config, num_targets: int, device: torch.device) -> nn.Module:
 
 
 class Original:
+    """``run(k)`` trains on the loader's next k batches (``None``: one whole pass)."""
+
     def __init__(self, config, split: Split, device: torch.device, workers: int) -> None:
         self.method = new_method(config, 10, device)
         self.model, self.device = self.method.model, device
@@ -117,11 +122,23 @@ class Original:
             OriginalStyleDataset(split), batch_size=BATCH, shuffle=True, num_workers=workers,
             pin_memory=device.type == "cuda",
         )
+        self.batches = iter(self.loader)
 
-    def run(self) -> int:
+    def _next_batches(self, count: int | None):
+        if count is None:
+            yield from self.loader
+            return
+        for _ in range(count):
+            batch = next(self.batches, None)
+            if batch is None:  # a new epoch of the loader
+                self.batches = iter(self.loader)
+                batch = next(self.batches)
+            yield batch
+
+    def run(self, count: int | None) -> int:
         self.model.train()
         seen, total_loss, correct = 0, 0.0, 0
-        for inputs, targets, biases in self.loader:
+        for inputs, targets, biases in self._next_batches(count):
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             biases = biases.to(self.device)
             with capture_features(self.model, self.model.feature_layer) as captured:
@@ -138,6 +155,8 @@ class Original:
 
 
 class Ours:
+    """``run(k)``: one trainer epoch over the next k batches of the data (``None``: all)."""
+
     def __init__(self, config, benchmark, device: torch.device, fast: FastPath) -> None:
         self.method = new_method(config, benchmark.num_targets, device)
         fast.apply(self.method)
@@ -147,13 +166,21 @@ class Ours:
         )
         self.config, self.benchmark = config, benchmark
         self.runner = StepRunner(self.method.training_step, fast)
-        self.epoch = 0
+        self.epoch, self.position = 0, 0
 
-    def run(self) -> int:
+    def run(self, count: int | None) -> int:
         self.epoch += 1
-        _train_epoch(self.method, self.optimizer, self.benchmark, self.config, self.epoch,
-                     False, self.runner)
-        return len(self.benchmark.train)
+        benchmark, train = self.benchmark, self.benchmark.train
+        if count is not None:  # the next count batches, as a benchmark of their own
+            if self.position >= len(train):
+                self.position = 0
+            end = self.position + count * BATCH
+            part = Split(*(t[self.position : end] for t in (train.inputs, train.targets,
+                                                            train.biases)))
+            benchmark, self.position = dataclasses.replace(benchmark, train=part), end
+        _train_epoch(self.method, self.optimizer, benchmark, self.config, self.epoch, False,
+                     self.runner)
+        return len(benchmark.train)
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -209,16 +236,28 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batches", type=int, default=8,
+    parser.add_argument("--batches", type=int, default=16,
                         help="batches per variant per round; 0 = a whole epoch (60,000 images)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--turn", type=int,
+                        help="batches per variant before the next one takes over; 0 = the whole "
+                        "round (default: 1 on CPU, where load changes by the minute; 0 on CUDA)")
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: 0 CPU, 6 CUDA)")
+    parser.add_argument("--threads", type=int,
+                        help="torch intra-op threads (default: torch's). On a CPU that other "
+                        "jobs keep busy, 1 avoids the stall of multi-threaded small ops "
+                        "waiting for a descheduled thread, which hits the looped loss hardest")
     parser.add_argument("--data-dir",
                         default=os.environ.get("ENDEBIAS_DATA", "../shared/data/mnist"))
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 6)
+    turn = args.turn if args.turn is not None else (1 if device.type == "cpu" else 0)
+    if turn and args.batches % turn:
+        parser.error("--batches must be a multiple of --turn")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer sets it; for every variant
 
@@ -247,16 +286,20 @@ def main() -> None:
     # shared machine's load only ever lowers it).
     peak, peak_how = matmul_peak(device)
     runs, warmup, totals = {}, {}, {name: [0, 0.0] for name in variants}
+    turns: dict[str, list[float]] = {name: [] for name in variants}
+    count = turn or None  # batches per call; None: the whole subset (a whole round)
     for name, build in variants.items():
         started = time.perf_counter()
         runs[name] = build()
-        runs[name].run()  # warm-up: allocator, cuDNN autotuning, compilation
+        runs[name].run(count)  # warm-up: allocator, cuDNN autotuning, compilation
         warmup[name] = time.perf_counter() - started
-    for _ in range(args.rounds):
+    calls = args.rounds * (args.batches // turn if turn and args.batches else 1)
+    for _ in range(calls):
         for name, run in runs.items():
             started = time.perf_counter()
-            totals[name][0] += run.run()
-            totals[name][1] += time.perf_counter() - started
+            totals[name][0] += run.run(count)
+            turns[name].append(time.perf_counter() - started)
+            totals[name][1] += turns[name][-1]
 
     flops = 3 * forward_flops(build_model(config.model, num_classes=10, input_shape=(3, 28, 28),
                                           **config.model_options), (3, 28, 28))
@@ -279,12 +322,20 @@ def main() -> None:
     base = results["original"]["images_per_s"]
     for name in results:
         if name != "original":
-            print(f"speed-up {name} vs original: {results[name]['images_per_s'] / base:.2f}x")
+            # The median of paired turns (each variant's turn right after the other's) is
+            # robust to load that comes and goes on a shared machine.
+            pairs = zip(turns["original"], turns[name], strict=True)
+            paired = statistics.median(a / b for a, b in pairs)
+            results[name]["speedup"] = results[name]["images_per_s"] / base
+            results[name]["speedup_paired_median"] = paired
+            print(f"speed-up {name} vs original: {results[name]['speedup']:.2f}x overall, "
+                  f"{paired:.2f}x median of {len(turns[name])} paired turns")
     if args.json:
         info = {"device": device_name, "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "workers": workers, "train_flops_per_image": flops, "peak_flops": peak,
                 "peak_how": peak_how, "batches": args.batches, "rounds": args.rounds,
+                "turn": turn,
                 "date": time.strftime("%Y-%m-%d %H:%M %Z"), "results": results}
         Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
 
