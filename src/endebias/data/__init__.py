@@ -104,5 +104,5 @@ def build_dataset(name: str, **options: Any) -> Benchmark:
 
 
 # Built-in benchmarks register themselves on import; they import the names above.
-from endebias.data import celeba, colored_mnist, synthetic, tabular  # noqa: E402,F401
+from endebias.data import celeba, colored_mnist, image_folder, synthetic, tabular  # noqa: E402,F401
 from endebias.data.biased_mnist_protocol import biased_mnist  # noqa: E402,F401
