@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from endebias.registry import Registry
+
 
 @dataclass
 class Split:
@@ -75,28 +77,11 @@ class Benchmark:
 
 
 BenchmarkBuilder = Callable[..., Benchmark]
-_REGISTRY: dict[str, BenchmarkBuilder] = {}
-
-
-def register_dataset(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
-    def decorator(builder: BenchmarkBuilder) -> BenchmarkBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
-
-
-def dataset_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def dataset_builder(name: str) -> BenchmarkBuilder:
-    """The registered builder (its signature lists the dataset's options)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+_DATASETS: Registry[BenchmarkBuilder] = Registry("dataset")
+register_dataset = _DATASETS.register
+dataset_names = _DATASETS.names
+# The registered builder (its signature lists the dataset's options).
+dataset_builder = _DATASETS.get
 
 
 def build_dataset(name: str, **options: Any) -> Benchmark:

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from endebias.registry import Registry
+
 
 class Method(nn.Module):
     """Base class: subclasses set ``defaults`` (hyper-parameter -> default value) and
@@ -56,27 +58,10 @@ class Method(nn.Module):
 
 
 MethodClass = type[Method]
-_REGISTRY: dict[str, MethodClass] = {}
-
-
-def register_method(name: str) -> Callable[[MethodClass], MethodClass]:
-    def decorator(cls: MethodClass) -> MethodClass:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def method_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def method_class(name: str) -> MethodClass:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+_METHODS: Registry[MethodClass] = Registry("method")
+register_method = _METHODS.register
+method_names = _METHODS.names
+method_class = _METHODS.get
 
 
 def build_method(

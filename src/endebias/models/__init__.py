@@ -11,30 +11,19 @@ from typing import Any
 
 from torch import nn
 
+from endebias.registry import Registry
+
 ModelBuilder = Callable[..., nn.Module]
-_REGISTRY: dict[str, ModelBuilder] = {}
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    def decorator(builder: ModelBuilder) -> ModelBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
-
-
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+_MODELS: Registry[ModelBuilder] = Registry("model")
+register_model = _MODELS.register
+model_names = _MODELS.names
 
 
 def build_model(
     name: str, *, num_classes: int, input_shape: tuple[int, ...], **options: Any
 ) -> nn.Module:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](num_classes=num_classes, input_shape=input_shape, **options)
+    builder = _MODELS.get(name)
+    return builder(num_classes=num_classes, input_shape=input_shape, **options)
 
 
 from endebias.models import mlp, resnet, simple_conv  # noqa: E402,F401  (registers its models)
