@@ -76,6 +76,11 @@ class Benchmark:
             raise ValueError(f"benchmark {self.name!r} has no 'valid' split for model selection")
 
 
+def split_sizes(train: Split, evaluations: dict[str, Split]) -> str:
+    """``"60000 train, valid 18000, ..."``: the line builders log once their splits exist."""
+    return ", ".join([f"{len(train)} train", *(f"{k} {len(v)}" for k, v in evaluations.items())])
+
+
 BenchmarkBuilder = Callable[..., Benchmark]
 _DATASETS: Registry[BenchmarkBuilder] = Registry("dataset")
 register_dataset = _DATASETS.register

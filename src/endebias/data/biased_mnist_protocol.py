@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split, register_dataset, scale_uint8_images
+from endebias.data import Benchmark, Split, register_dataset, scale_uint8_images, split_sizes
 from endebias.data.mnist import load_mnist, mnist_folder, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -253,11 +253,10 @@ def build_biased_mnist(
         "unbiased_test": make("test", VALID_RHO),
     }
     logger.info(
-        "biased-mnist rho=%s seed=%s: %d train, %s",
+        "biased-mnist rho=%s seed=%s: %s",
         rho,
         seed,
-        len(train),
-        ", ".join(f"{k} {len(v)}" for k, v in evaluations.items()),
+        split_sizes(train, evaluations),
     )
     return Benchmark(
         name="biased-mnist",

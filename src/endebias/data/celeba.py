@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split, register_dataset
+from endebias.data import Benchmark, Split, register_dataset, split_sizes
 from endebias.data.image_files import cached_images
 from endebias.data.mnist import resolve_data_dir
 
@@ -211,8 +211,7 @@ def build_celeba(
             evaluations["valid_conflicting"] = split(full[local[conflicting]], cut[conflicting])
         else:
             evaluations["biased_test"] = split(full, rows[name])
-    logger.info("celeba %s: %d train, %s", target, len(train),
-                ", ".join(f"{k} {len(v)}" for k, v in evaluations.items()))
+    logger.info("celeba %s: %s", target, split_sizes(train, evaluations))
     return Benchmark(
         name="celeba",
         train=train,

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split, register_dataset, scale_uint8_images
+from endebias.data import Benchmark, Split, register_dataset, scale_uint8_images, split_sizes
 from endebias.data.mnist import load_mnist, mnist_folder, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -176,11 +176,10 @@ def build_colored_mnist(
         "unbiased_test": make("unbiased_test", test_images, test_labels, True),
     }
     logger.info(
-        "colored-mnist sigma2=%s seed=%s: %d train, %s",
+        "colored-mnist sigma2=%s seed=%s: %s",
         sigma2,
         seed,
-        len(train),
-        ", ".join(f"{k} {len(v)}" for k, v in evaluations.items()),
+        split_sizes(train, evaluations),
     )
     return Benchmark(
         name="colored-mnist",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split, register_dataset
+from endebias.data import Benchmark, Split, register_dataset, split_sizes
 from endebias.data.celeba import balanced, imagenet_normalise
 from endebias.data.csv_table import TableError, read_table
 from endebias.data.image_files import cached_images
@@ -163,8 +163,7 @@ def build_image_folder(
         "unbiased_test": make_split(test_images[local], cut),
     }
     train = make_split(images("train", rows["train"]), rows["train"])
-    logger.info("image-folder: %d train, %s", len(train),
-                ", ".join(f"{k} {len(v)}" for k, v in evaluations.items()))
+    logger.info("image-folder: %s", split_sizes(train, evaluations))
     return Benchmark(
         name="image-folder",
         train=train,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from endebias.data import Benchmark, Split, register_dataset
+from endebias.data import Benchmark, Split, register_dataset, split_sizes
 from endebias.data.csv_table import Table, TableError, read_table
 
 logger = logging.getLogger(__name__)
@@ -246,8 +246,7 @@ def build_tabular(
     for code in range(len(bias_names)):
         evaluations[f"unbiased_test_bias{code}"] = split(unbiased[biases[unbiased] == code])
     train = split(rows["train"])
-    logger.info("tabular %s (%s): %d train, %s", csv_path.name, setting, len(train),
-                ", ".join(f"{k} {len(v)}" for k, v in evaluations.items()))
+    logger.info("tabular %s (%s): %s", csv_path.name, setting, split_sizes(train, evaluations))
     return Benchmark(
         name="tabular",
         train=train,
