@@ -13,17 +13,6 @@ from endebias.methods import build_method
 from endebias.methods.lff import fresh_copy, generalized_cross_entropy
 from endebias.models import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with several threads, OpenMP hand-offs dominate, and on a
-    busy 2-core machine they made these tests 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------- Group DRO ---
 
 

@@ -23,16 +23,6 @@ from endebias.train import fit
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 TINY_MODEL = {"channels": [4, 8], "kernel_size": 3}
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with several threads, OpenMP hand-offs dominate, and on a
-    busy 2-core machine they made these tests 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------- every method ---
 
 

@@ -19,6 +19,17 @@ register_model = _MODELS.register
 model_names = _MODELS.names
 
 
+def init_conv_and_norm(model: nn.Module) -> None:
+    """The initialisation SimpleConvNet and torchvision's ResNet share: convolutions
+    Kaiming-normal (fan_out, relu), BatchNorm weight 1 and bias 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 def build_model(
     name: str, *, num_classes: int, input_shape: tuple[int, ...], **options: Any
 ) -> nn.Module:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from endebias.hooks import L2Normalize
-from endebias.models import register_model
+from endebias.models import init_conv_and_norm, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +72,7 @@ class ResNet18(nn.Module):
         self.flatten = nn.Flatten()
         self.pattern_norm = L2Normalize()
         self.fc = nn.Linear(previous, num_classes)
-        for module in self.modules():  # torchvision's initialisation
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_and_norm(self)  # torchvision's initialisation
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from endebias.hooks import L2Normalize
-from endebias.models import register_model
+from endebias.models import init_conv_and_norm, register_model
 
 
 class SimpleConvNet(nn.Module):
@@ -55,12 +55,7 @@ class SimpleConvNet(nn.Module):
     def reset_parameters(self) -> None:
         """The paper's initialisation (conv: Kaiming-normal, fan_out; BatchNorm: 1 and 0);
         also what a method such as LfF calls to re-initialise a copy of the model."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_and_norm(self)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.pattern_norm(self.flatten(self.pool(self.blocks(x))))
