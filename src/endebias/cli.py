@@ -56,30 +56,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=switches, help="bf16 autocast (auto: on for bf16 GPUs)")
     parser.add_argument("--compile", choices=switches, help="torch.compile the model")
     parser.add_argument("--channels-last", choices=switches, help="channels_last memory format")
-    parser.add_argument(
-        "--method-option",
-        action="append",
-        type=parse_assignment,
-        default=[],
-        metavar="KEY=VALUE",
-        help="any method option, e.g. layer=blocks.9",
-    )
-    parser.add_argument(
-        "--model-option",
-        action="append",
-        type=parse_assignment,
-        default=[],
-        metavar="KEY=VALUE",
-        help="any model option, e.g. channels=[8,16,32,64]",
-    )
-    parser.add_argument(
-        "--dataset-option",
-        action="append",
-        type=parse_assignment,
-        default=[],
-        metavar="KEY=VALUE",
-        help="any dataset option, e.g. validation=heldout",
-    )
+    examples = {"method": "layer=blocks.9", "model": "channels=[8,16,32,64]",
+                "dataset": "validation=heldout"}
+    for part, example in examples.items():
+        parser.add_argument(f"--{part}-option", action="append", type=parse_assignment,
+                            default=[], metavar="KEY=VALUE",
+                            help=f"any {part} option, e.g. {example}")
     parser.add_argument(
         "--save-features",
         type=int,
