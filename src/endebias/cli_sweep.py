@@ -66,6 +66,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     from endebias import results
     from endebias.sweep import default_storage, load_study, open_storage
 
+    if args.by_method:  # seeds of fixed settings, read straight from their run folders
+        from endebias.comparison import find_runs, method_table
+
+        sys.stdout.write(method_table(find_runs(args.ids), fmt=args.format))
+        return 0
     storage = None
     studies: dict[str, list[results.Row]] = {}
     for ident in args.ids:
@@ -157,6 +162,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="the paper's Table 1 layout, one "
         "column per rho, the paper's Vanilla and EnD beside ours",
     )
+    res.add_argument(
+        "--by-method",
+        action="store_true",
+        help="compare methods over seeds: the IDs are folders of run folders (such as "
+        "runs/quick-table); one cell per method, setting and rho, mean ± std of the "
+        "finished runs, with biased / unbiased / conflicting accuracy and seconds per epoch",
+    )
     res.add_argument("--storage", help=STORAGE_HELP)
     res.add_argument("--runs", default="runs", help="runs folder of the default storage")
     res.set_defaults(handler=_results_with_default_format)
@@ -171,7 +183,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def _results_with_default_format(args: argparse.Namespace) -> int:
     # Table 1 reads best as markdown; a sweep's listing as the original's plain text.
-    args.format = args.format or ("markdown" if args.compare else "text")
+    args.format = args.format or ("markdown" if args.compare or args.by_method else "text")
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     return cmd_results(args)

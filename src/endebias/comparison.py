@@ -1,0 +1,192 @@
+"""Methods side by side over seeds: one cell per (method, setting), mean ± std of the
+finished runs that differ only in their seed (no torch import: records are JSON).
+
+Sweeps are summarised by their top k (``results.compare_table``); this table is for the
+other question, "how does each method do at a fixed setting, over seeds", which is what
+a fair comparison of methods needs (issue: baselines in the same harness).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from endebias import records
+from endebias.results import PAPER_DIGITS, PAPER_TABLE1, Run, load_run
+
+METRICS = (
+    ("biased", "biased_test_acc"),
+    ("unbiased", "unbiased_test_acc"),
+    ("conflicting", "unbiased_test_acc_conflicting"),
+)
+# The paper trained these two itself; its other rows came from other papers' code.
+PAPER_NAMES = {"vanilla": "Vanilla", "end": "EnD"}
+
+
+@dataclass
+class Cell:
+    """The finished runs of one method and setting, all seeds."""
+
+    method: str
+    options: dict[str, Any]
+    rho: float | None
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        options = [f"{k}={_short(v)}" for k, v in sorted(self.options.items())]
+        return " ".join([self.method, *options])
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(run.config.get("seed") for run in self.runs)
+
+    def stat(self, key: str) -> tuple[float, float] | None:
+        """Mean and population std (x100) of a best-by-valid accuracy over the runs."""
+        values = [run.best[key] for run in self.runs if run.best.get(key) is not None]
+        return _mean_std([100 * v for v in values])
+
+    def seconds_per_epoch(self) -> tuple[float, float] | None:
+        """Training seconds per epoch (evaluation excluded), mean and std over runs."""
+        per_run = [sum(seconds) / len(seconds) for run in self.runs
+                   if (seconds := [e["train_seconds"] for e in run.history
+                                   if e.get("train_seconds") is not None])]
+        return _mean_std(per_run)
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def find_runs(folders: list[str | Path]) -> list[Run]:
+    """Run folders in each folder (or the folder itself when it is one), sorted by path."""
+    found: list[Run] = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: not a folder of run folders")
+        if (folder / records.CONFIG).exists():
+            found.append(load_run(folder))
+            continue
+        found += [load_run(p) for p in sorted(folder.iterdir()) if (p / records.CONFIG).exists()]
+    return found
+
+
+def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
+    """Finished runs grouped by everything in their config but the seed; returns the cells
+    (by rho, highest first; vanilla, then EnD, then the rest by name) and how many runs
+    were left out because they have not finished (or failed)."""
+    cells: dict[str, Cell] = {}
+    unfinished = 0
+    for run in runs:
+        if not run.done or run.best is None:
+            unfinished += 1
+            continue
+        key_config = {k: v for k, v in run.config.items() if k != "seed"}
+        key = json.dumps(key_config, sort_keys=True, default=str)
+        if key not in cells:
+            rho = run.config.get("dataset_options", {}).get("rho")
+            cells[key] = Cell(run.config.get("method", "?"), run.config.get("method_options", {}),
+                              None if rho is None else float(rho))
+        cells[key].runs.append(run)
+    def position(cell: Cell) -> tuple[float, int, str]:
+        rho = -(cell.rho if cell.rho is not None else math.inf)
+        known = list(PAPER_NAMES)
+        return rho, known.index(cell.method) if cell.method in known else len(known), cell.label
+
+    return sorted(cells.values(), key=position), unfinished
+
+
+def _pm(pair: tuple[float, float | None] | None, digits: int = 2) -> str:
+    if pair is None:
+        return "-"
+    mean, std = pair
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _paper(cell: Cell) -> tuple[float, float | None] | None:
+    published = PAPER_TABLE1.get(PAPER_NAMES.get(cell.method, ""), {})
+    return published.get(cell.rho) if cell.rho is not None else None
+
+
+def method_table(runs: list[Run], *, fmt: str = "markdown") -> str:
+    """Markdown: unbiased accuracy as methods x rho (the paper's rows beside ours), then
+    one row per method and rho with biased / unbiased / conflicting accuracy and seconds
+    per epoch. csv / json: the long table's values."""
+    cells, unfinished = group_runs(runs)
+    if not cells:
+        raise ValueError("no finished runs to compare")
+    if fmt in ("csv", "json"):
+        flat = []
+        for cell in cells:
+            row: dict[str, Any] = {"method": cell.label, "rho": cell.rho, "seeds": cell.seeds}
+            for name, key in METRICS:
+                stat = cell.stat(key)
+                row[f"{name}_mean"], row[f"{name}_std"] = stat if stat else (None, None)
+            seconds = cell.seconds_per_epoch()
+            row["seconds_per_epoch"] = None if seconds is None else seconds[0]
+            paper = _paper(cell)
+            row["paper_unbiased"] = None if paper is None else paper[0]
+            flat.append(row)
+        if fmt == "json":
+            return records.dumps(flat, indent=2) + "\n"
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**r, "seeds": " ".join(map(str, r["seeds"]))} for r in flat)
+        return buffer.getvalue()
+    if fmt != "markdown":
+        raise ValueError(f"unknown format {fmt!r} for a method table; known: markdown, csv, json")
+    return _pivot(cells) + "\n" + _long(cells, unfinished)
+
+
+def _pivot(cells: list[Cell]) -> str:
+    rhos = sorted({c.rho for c in cells if c.rho is not None}, reverse=True)
+    labels = list(dict.fromkeys(c.label for c in cells))
+    by_key = {(c.label, c.rho): c for c in cells}
+    lines = ["Unbiased test accuracy (%), mean ± population std over seeds "
+             "(n = seeds per cell):", "",
+             "| method | " + " | ".join(f"{rho:.3f}" for rho in rhos) + " |",
+             "|---|" + "---:|" * len(rhos)]
+    for name in PAPER_NAMES.values():
+        published = PAPER_TABLE1[name]
+        digits = PAPER_DIGITS.get(f"{name} (paper)", 2)
+        shown = [_pm(published.get(rho), digits) for rho in rhos]
+        lines.append(f"| {name} (published in the paper) | " + " | ".join(shown) + " |")
+    for label in labels:
+        shown = []
+        for rho in rhos:
+            cell = by_key.get((label, rho))
+            shown.append("-" if cell is None else
+                         f"{_pm(cell.stat('unbiased_test_acc'))} (n={len(cell.runs)})")
+        lines.append(f"| {label} (ours) | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _long(cells: list[Cell], unfinished: int) -> str:
+    header = ["rho", "method", "seeds", *(name for name, _ in METRICS), "s / epoch",
+              "unbiased, paper"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
+    for cell in cells:
+        seconds = cell.seconds_per_epoch()
+        paper = _paper(cell)
+        digits = PAPER_DIGITS.get(f"{PAPER_NAMES.get(cell.method)} (paper)", 2)
+        values = [_pm(cell.stat(key)) for _, key in METRICS]
+        values += ["-" if seconds is None else f"{seconds[0]:.0f}", _pm(paper, digits)]
+        rho = "-" if cell.rho is None else f"{cell.rho:.3f}"
+        seeds = " ".join(map(str, cell.seeds))
+        lines.append("| " + " | ".join([rho, cell.label, seeds, *values]) + " |")
+    if unfinished:
+        lines += ["", f"{unfinished} unfinished or failed run(s) left out."]
+    return "\n".join(lines) + "\n"
