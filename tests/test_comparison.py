@@ -1,0 +1,111 @@
+"""`endebias results --by-method`: methods side by side over seeds, from run folders
+written here with known numbers and checked against statistics computed with numpy."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from endebias import comparison, records
+from endebias.cli import main
+
+
+def write_run(folder, name, *, method, rho, seed, unbiased, seconds=(10.0, 20.0),
+              options=None, done=True, preset="quick"):
+    run_dir = folder / name
+    run_dir.mkdir(parents=True)
+    config = {"dataset": "biased-mnist", "dataset_options": {"rho": rho}, "method": method,
+              "method_options": options or {}, "preset": preset, "seed": seed}
+    best = {"epoch": 2, "valid_acc": unbiased, "biased_test_acc": 0.99,
+            "unbiased_test_acc": unbiased, "unbiased_test_acc_conflicting": unbiased - 0.05}
+    records.atomic_write_json(run_dir / records.CONFIG, config)
+    records.atomic_write_json(run_dir / records.BEST, best)
+    lines = [records.dumps({"epoch": i + 1, "train_seconds": s}) for i, s in enumerate(seconds)]
+    (run_dir / records.METRICS).write_text("\n".join(lines) + "\n")
+    if done:
+        (run_dir / records.DONE).write_text("")
+    return run_dir
+
+
+@pytest.fixture
+def table_runs(tmp_path):
+    folder = tmp_path / "quick-table"
+    end = {"alpha": 1.0, "beta": 1.0}
+    for seed, value in zip((1, 2, 3), (0.60, 0.64, 0.71), strict=True):
+        write_run(folder, f"end-{seed}", method="end", rho=0.997, seed=seed, unbiased=value,
+                  options=end, seconds=(50.0, 52.0 + seed))
+    for seed, value in zip((1, 2), (0.10, 0.12), strict=True):
+        write_run(folder, f"vanilla-{seed}", method="vanilla", rho=0.997, seed=seed,
+                  unbiased=value)
+    write_run(folder, "groupdro-1", method="groupdro", rho=0.99, seed=1, unbiased=0.5)
+    write_run(folder, "lff-1", method="lff", rho=0.997, seed=1, unbiased=0.3, done=False)
+    return folder
+
+
+def test_cells_hold_the_seeds_of_one_setting(table_runs):
+    cells, unfinished = comparison.group_runs(comparison.find_runs([table_runs]))
+    assert unfinished == 1  # the lff run has no done marker
+    assert [(c.label, c.rho, c.seeds) for c in cells] == [
+        ("vanilla", 0.997, [1, 2]), ("end alpha=1 beta=1", 0.997, [1, 2, 3]),
+        ("groupdro", 0.99, [1]),
+    ]
+    end = cells[1]
+    values = 100 * np.array([0.60, 0.64, 0.71])
+    mean, std = end.stat("unbiased_test_acc")
+    assert mean == pytest.approx(values.mean()) and std == pytest.approx(values.std())
+    assert end.stat("unbiased_test_acc_conflicting")[0] == pytest.approx(values.mean() - 5)
+    per_run = [np.mean([50.0, 52.0 + seed]) for seed in (1, 2, 3)]
+    assert end.seconds_per_epoch()[0] == pytest.approx(np.mean(per_run))
+
+
+def test_a_different_setting_is_a_different_cell(tmp_path):
+    folder = tmp_path / "runs"
+    write_run(folder, "a", method="end", rho=0.997, seed=1, unbiased=0.6,
+              options={"alpha": 1.0, "beta": 1.0})
+    write_run(folder, "b", method="end", rho=0.997, seed=1, unbiased=0.7,
+              options={"alpha": 2.0, "beta": 1.0})
+    write_run(folder, "c", method="end", rho=0.997, seed=2, unbiased=0.7,
+              options={"alpha": 1.0, "beta": 1.0}, preset="paper")
+    cells, _ = comparison.group_runs(comparison.find_runs([folder]))
+    assert len(cells) == 3 and all(len(c.runs) == 1 for c in cells)
+
+
+def test_markdown_table_shows_ours_and_the_paper_apart(table_runs, capsys):
+    assert main(["results", "--by-method", str(table_runs)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[2] == "| method | 0.997 | 0.990 |"
+    assert lines[4] == "| Vanilla (published in the paper) | 33.4 | 89.1 |"
+    assert lines[5] == "| EnD (published in the paper) | 83.70 ± 1.03 | 96.02 ± 0.08 |"
+    values = 100 * np.array([0.60, 0.64, 0.71])
+    expected = f"{values.mean():.2f} ± {values.std():.2f} (n=3)"
+    assert lines[7] == f"| end alpha=1 beta=1 (ours) | {expected} | - |"
+    assert "| 0.990 | groupdro | 1 | 99.00 ± 0.00 | 50.00 ± 0.00 | 45.00 ± 0.00 | 15 | - |" in out
+    assert "1 unfinished or failed run(s) left out." in out
+
+
+def test_csv_and_json_carry_the_same_numbers(table_runs, capsys):
+    assert main(["results", "--by-method", str(table_runs), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    vanilla = next(r for r in rows if r["method"] == "vanilla")
+    assert vanilla["seeds"] == [1, 2] and vanilla["unbiased_mean"] == pytest.approx(11.0)
+    assert vanilla["unbiased_std"] == pytest.approx(1.0) and vanilla["paper_unbiased"] == 33.4
+    assert main(["results", "--by-method", str(table_runs), "--format", "csv"]) == 0
+    parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["method"] for r in parsed] == [r["method"] for r in rows]
+    assert parsed[1]["seeds"] == "1 2 3"
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, table_runs, capsys):
+    assert main(["results", "--by-method", str(tmp_path / "missing")]) == 2
+    assert "missing: not a folder of run folders" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["results", "--by-method", str(empty)]) == 2
+    assert "no finished runs to compare" in capsys.readouterr().err
+    assert main(["results", "--by-method", str(table_runs), "--format", "text"]) == 2
+    assert "unknown format 'text'" in capsys.readouterr().err
