@@ -25,9 +25,9 @@ from endebias import distributed, end_terms
 from endebias.config import TrainConfig
 from endebias.data import Benchmark, Split
 from endebias.distributed import DistContext
+from endebias.epoch import StepRunner, train_epoch
 from endebias.hooks import L2Normalize
 from endebias.methods import build_method
-from endebias.train import StepRunner, _train_epoch
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed")
 
@@ -95,7 +95,7 @@ def single_process_step(batch: Split) -> dict[str, object]:
 def single_process_epoch() -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     method = make_method()
     optimizer = torch.optim.SGD(method.parameters(), lr=0.5)  # SGD: updates show the gradients
-    stats = _train_epoch(method, optimizer, epoch_benchmark(), TrainConfig(batch_size=8), 1, False)
+    stats = train_epoch(method, optimizer, epoch_benchmark(), TrainConfig(batch_size=8), 1, False)
     return stats, {n: p.detach().clone() for n, p in method.named_parameters()}
 
 
@@ -125,7 +125,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         distributed.prepare_method(method, context, cpu)
         runner = StepRunner(distributed.wrap_step(method, context, cpu), context=context)
         optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
-        stats = _train_epoch(
+        stats = train_epoch(
             method, optimizer, epoch_benchmark(), TrainConfig(batch_size=8), 1, False, runner
         )
         result["epoch_stats"] = stats
