@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from endebias import records
-from endebias.results import PAPER_DIGITS, PAPER_TABLE1, Run, load_run
+from endebias.results import PAPER_DIGITS, PAPER_TABLE1, Run, load_run, mean_std, plus_minus
 
 METRICS = (
     ("biased", "biased_test_acc"),
@@ -49,25 +49,18 @@ class Cell:
     def stat(self, key: str) -> tuple[float, float] | None:
         """Mean and population std (x100) of a best-by-valid accuracy over the runs."""
         values = [run.best[key] for run in self.runs if run.best.get(key) is not None]
-        return _mean_std([100 * v for v in values])
+        return mean_std([100 * v for v in values])
 
     def seconds_per_epoch(self) -> tuple[float, float] | None:
         """Training seconds per epoch (evaluation excluded), mean and std over runs."""
         per_run = [sum(seconds) / len(seconds) for run in self.runs
                    if (seconds := [e["train_seconds"] for e in run.history
                                    if e.get("train_seconds") is not None])]
-        return _mean_std(per_run)
+        return mean_std(per_run)
 
 
 def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float] | None:
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
 def find_runs(folders: list[str | Path]) -> list[Run]:
@@ -109,10 +102,7 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
 
 
 def _pm(pair: tuple[float, float | None] | None, digits: int = 2) -> str:
-    if pair is None:
-        return "-"
-    mean, std = pair
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return plus_minus(pair, digits, missing="-")
 
 
 def _paper(cell: Cell) -> tuple[float, float | None] | None:

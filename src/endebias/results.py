@@ -171,14 +171,17 @@ def summarize(rows: list[Row], *, top: int = 3) -> dict[str, tuple[float, float]
     best = [r for r in sort_rows(rows) if r.state == "COMPLETE"][:top]
     summary: dict[str, tuple[float, float] | None] = {}
     for metric in SUMMARY_METRICS:
-        values = [getattr(r, metric) for r in best if getattr(r, metric) is not None]
-        if not values:
-            summary[metric] = None
-            continue
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        summary[metric] = (100 * mean, 100 * std)
+        stats = mean_std([getattr(r, metric) for r in best if getattr(r, metric) is not None])
+        summary[metric] = None if stats is None else (100 * stats[0], 100 * stats[1])
     return summary
+
+
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    """Mean and population standard deviation (the paper's), or None for no values."""
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
 def _cell(value: Any) -> str:
@@ -187,9 +190,12 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _pm(pair: tuple[float, float | None] | None, digits: int = 2) -> str:
+def plus_minus(
+    pair: tuple[float, float | None] | None, digits: int = 2, missing: str = "n/a"
+) -> str:
+    """``mean ± std`` (``mean`` alone when the std is unknown, ``missing`` for None)."""
     if pair is None:
-        return "n/a"
+        return missing
     mean, std = pair
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -219,7 +225,7 @@ def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text")
         lines_out += ["| " + " | ".join(c) + " |" for c in cells]
         lines_out += ["", f"Top {top} complete runs by valid accuracy "
                       "(mean ± population std, %):", ""]
-        lines_out += [f"- {metric}: {_pm(summary[metric])}" for metric in SUMMARY_METRICS]
+        lines_out += [f"- {metric}: {plus_minus(summary[metric])}" for metric in SUMMARY_METRICS]
         return "\n".join(lines_out) + "\n"
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}; known: text, csv, json, markdown")
@@ -227,7 +233,7 @@ def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text")
     lines_out = ["  ".join(c.rjust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
     lines_out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines_out.append(f"------- SUMMARY FOR {name} -------")
-    lines_out += [f"{metric}: {_pm(summary[metric])}" for metric in SUMMARY_METRICS]
+    lines_out += [f"{metric}: {plus_minus(summary[metric])}" for metric in SUMMARY_METRICS]
     return "\n".join(lines_out) + "\n\n"
 
 
@@ -262,6 +268,6 @@ def compare_table(studies: dict[str, list[Row]], *, top: int = 3, fmt: str = "ma
     lines_out = [title, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * len(rhos)]
     for label, cells in table.items():
         digits = PAPER_DIGITS.get(label, 2)
-        shown = [_pm(cells[rho], digits) if rho in cells else "-" for rho in rhos]
+        shown = [plus_minus(cells[rho], digits) if rho in cells else "-" for rho in rhos]
         lines_out.append("| " + " | ".join([label] + shown) + " |")
     return "\n".join(lines_out) + "\n"
