@@ -1,8 +1,10 @@
 """Methods side by side with the quick preset on Biased MNIST: mean ± std over seeds at
-each rho, every method at its default setting (EnD at alpha = beta = 1).
+each rho, every method at its default setting (EnD at alpha = beta = 1), or at the best
+setting of a sweep.
 
     python benchmarks/quick_table.py --data-dir ../shared/data/mnist [--rhos 0.997 ...]
         [--methods vanilla end groupdro lff biasbal] [--threads 1]
+        [--best-from METHOD=SWEEP_ID ... --storage URL --out runs/quick-table-best]
 
 Runs go to runs/quick-table/<method>-rho<rho>-seed<seed>/ and are resumed/reused, so the
 script can be stopped and restarted, and two copies with different --methods can share
@@ -18,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from endebias.comparison import find_runs, method_table
+from endebias.comparison import best_setting, find_runs, method_table
 from endebias.config import make_config
 from endebias.demo import DEMO_END_OPTIONS
+from endebias.results import rows_from_study
+from endebias.sweep import load_study
 from endebias.train import fit
 
 METHODS = {"vanilla": {}, "end": DEMO_END_OPTIONS, "groupdro": {}, "lff": {}, "biasbal": {}}
@@ -34,15 +38,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--threads", type=int, help="torch threads (1 when running two at once)")
+    parser.add_argument("--best-from", nargs="+", default=[], metavar="METHOD=SWEEP_ID",
+                        help="train METHOD at the best trial's options of that sweep")
+    parser.add_argument("--storage", help="the sweeps' storage URL (with --best-from)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    options = dict(METHODS)
+    for item in args.best_from:
+        method, _, sweep_id = item.partition("=")
+        if method not in METHODS or not sweep_id or not args.storage:
+            parser.error(f"--best-from {item!r}: expected METHOD=SWEEP_ID with --storage")
+        rows = rows_from_study(load_study(sweep_id, storage=args.storage))
+        options[method] = best_setting(rows, method=method)
+        print(f"{method}: best setting of sweep {sweep_id}: {options[method]}", flush=True)
 
     for seed in args.seeds:
         for rho in args.rhos:
             for method in args.methods:
                 config = make_config("quick", dataset_options={"rho": rho}, method=method,
-                                     method_options=METHODS[method], seed=seed)
+                                     method_options=options[method], seed=seed)
                 run_dir = Path(args.out) / f"{method}-rho{rho}-seed{seed}"
                 started = time.perf_counter()
                 best = fit(config, run_dir, data_dir=args.data_dir, resume=True, progress=False)

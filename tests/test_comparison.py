@@ -12,6 +12,7 @@ import pytest
 
 from endebias import comparison, records
 from endebias.cli import main
+from endebias.results import Row
 
 
 def write_run(folder, name, *, method, rho, seed, unbiased, seconds=(10.0, 20.0),
@@ -109,3 +110,22 @@ def test_bad_inputs_are_one_line_errors(tmp_path, table_runs, capsys):
     assert "no finished runs to compare" in capsys.readouterr().err
     assert main(["results", "--by-method", str(table_runs), "--format", "text"]) == 2
     assert "unknown format 'text'" in capsys.readouterr().err
+
+
+def _row(ident, *, valid, method="groupdro", state="COMPLETE", step=0.01):
+    config = {"method": method, "method_options": {"step_size": step}, "seed": 42}
+    return Row(id=ident, state=state, valid_acc=valid, biased_test_acc=None,
+               unbiased_test_acc=None, config=config)
+
+
+def test_best_setting_takes_the_complete_trial_with_the_best_validation_accuracy():
+    rows = [_row("0", valid=0.40, step=0.01), _row("1", valid=0.70, step=0.3),
+            _row("2", valid=0.90, step=0.9, state="RUNNING"), _row("3", valid=None, step=2.0)]
+    assert comparison.best_setting(rows, method="groupdro") == {"step_size": 0.3}
+
+
+def test_best_setting_rejects_an_empty_sweep_and_the_wrong_method():
+    with pytest.raises(ValueError, match="no complete trial"):
+        comparison.best_setting([_row("0", valid=0.5, state="FAIL")])
+    with pytest.raises(ValueError, match="'lff', not 'groupdro'"):
+        comparison.best_setting([_row("0", valid=0.5, method="lff")], method="groupdro")

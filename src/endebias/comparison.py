@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from endebias import records
-from endebias.results import PAPER_DIGITS, PAPER_TABLE1, Run, load_run, mean_std, plus_minus
+from endebias.results import (
+    PAPER_DIGITS,
+    PAPER_TABLE1,
+    Row,
+    Run,
+    load_run,
+    mean_std,
+    plus_minus,
+    sort_rows,
+)
 
 METRICS = (
     ("biased", "biased_test_acc"),
@@ -61,6 +70,19 @@ class Cell:
 
 def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def best_setting(rows: list[Row], *, method: str | None = None) -> dict[str, Any]:
+    """The method options of a sweep's best complete trial by validation accuracy: the
+    setting a method is compared at. ``method`` guards against reading the wrong sweep."""
+    complete = [r for r in sort_rows(rows) if r.state == "COMPLETE" and r.valid_acc is not None]
+    if not complete:
+        raise ValueError("the sweep has no complete trial with a validation accuracy yet")
+    best = complete[0]
+    found = best.config.get("method")
+    if method is not None and found != method:
+        raise ValueError(f"the sweep's best trial trained {found!r}, not {method!r}")
+    return dict(best.config.get("method_options", {}))
 
 
 def find_runs(folders: list[str | Path]) -> list[Run]:
