@@ -66,7 +66,8 @@ def test_results_of_a_study_match_the_golden_output(storage, capsys, fmt, golden
 def test_results_rows_and_summary(storage, capsys):
     out = run(capsys, "results", STUDY, "--storage", storage)
     lines = out.splitlines()
-    assert lines[0].split() == list(results.TABLE_COLUMNS)
+    assert lines[0].split() == [
+        "valid_acc", "biased_test_acc", "unbiased_test_acc", "alpha", "beta", "state", "id"]
     # Sorted by valid accuracy (ties by id). Left out: the killed attempt (3, re-run as 6),
     # the skipped trial (8) and trial 9, which asked for trial 4's config again (one run).
     # Running, pruned and failed trials are shown.
@@ -120,6 +121,47 @@ def test_plots_of_a_sweep(storage, capsys, tmp_path):
     for name in names:
         with Image.open(tmp_path / "figures" / name) as image:
             assert image.format == "PNG" and image.width > 300 and image.height > 300
+
+
+def baseline_rows() -> list[results.Row]:
+    """A Group DRO sweep's trials: its own options, not EnD's alpha and beta."""
+    def row(ident: str, valid: float, step: float, adjust: float) -> results.Row:
+        config = {"method": "groupdro", "dataset_options": {"rho": 0.997},
+                  "method_options": {"generalization_adjustment": adjust, "step_size": step}}
+        return results.Row(id=ident, state="COMPLETE", valid_acc=valid, biased_test_acc=1.0,
+                           unbiased_test_acc=valid, config=config)
+    return [row("0", 0.1, 0.001, 0.5), row("1", 0.3, 0.5, 2.0), row("2", 0.2, 0.05, 1.0)]
+
+
+def test_a_baseline_sweep_shows_its_own_options():
+    rows = results.sort_rows(baseline_rows())
+    text = results.format_study("gdro", rows).splitlines()
+    assert text[0].split() == ["valid_acc", "biased_test_acc", "unbiased_test_acc",
+                               "generalization_adjustment", "step_size", "state", "id"]
+    assert text[1].split() == ["0.3000", "1.0000", "0.3000", "2.0000", "0.5000", "COMPLETE", "1"]
+    header, first = results.format_study("gdro", rows, fmt="csv").splitlines()[:2]
+    assert header.split(",")[4:7] == ["generalization_adjustment", "step_size", "state"]
+    assert first.split(",")[4:6] == ["2.0", "0.5"]
+    as_json = json.loads(results.format_study("gdro", rows, fmt="json"))
+    assert "alpha" not in as_json["rows"][0] and as_json["rows"][0]["step_size"] == 0.5
+
+
+def test_plots_of_a_baseline_sweep_use_its_options(tmp_path):
+    from endebias.plots import plot_sweep
+
+    paths = plot_sweep("gdro", baseline_rows(), tmp_path)
+    assert [p.name for p in paths] == ["gdro_generalization_adjustment_step_size.png",
+                                       "gdro_valid_vs_unbiased.png", "gdro_curves.png"]
+    one_option = [results.Row(id="0", state="COMPLETE", valid_acc=0.5, biased_test_acc=0.6,
+                              unbiased_test_acc=0.5, config={"method_options": {"q": 0.7}})]
+    assert plot_sweep("lff", one_option, tmp_path)[0].name == "lff_q.png"
+    no_option = [results.Row(id="0", state="COMPLETE", valid_acc=0.5, biased_test_acc=0.6,
+                             unbiased_test_acc=0.5, config={"method": "vanilla"})]
+    assert [p.name for p in plot_sweep("erm", no_option, tmp_path)] == [
+        "erm_valid_vs_unbiased.png", "erm_curves.png"]
+    for path in tmp_path.iterdir():
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 300
 
 
 def test_unknown_study_and_bad_top_are_one_line_errors(storage, capsys):

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from endebias.results import Row, Run, load_run  # noqa: E402
+from endebias.results import Row, Run, load_run, option_names  # noqa: E402
 
 
 def _group_matrix(run: Run, split: str) -> np.ndarray | None:
@@ -68,21 +68,52 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_alpha_beta(rows: list[Row], path: str | Path, *, title: str = "") -> Path:
-    """Each run at (alpha, beta), coloured by its unbiased test accuracy: where EnD works."""
-    points = [r for r in rows if r.alpha is not None and r.beta is not None
+AXIS_LABELS = {"alpha": "alpha (disentangling)", "beta": "beta (entangling)"}
+
+
+def numeric_options(rows: list[Row]) -> list[str]:
+    """The rows' method options that are numbers wherever set (the plottable ones)."""
+    def is_number(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    return [name for name in option_names(rows)
+            if all(is_number(r.options[name]) for r in rows if name in r.options)]
+
+
+def _spans_decades(values: list[float]) -> bool:
+    """A log axis for options searched on a log scale (step sizes, smoothing)."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= 100
+
+
+def plot_search_space(rows: list[Row], path: str | Path, *, title: str = "") -> Path | None:
+    """Each run at its first two numeric method options (alpha and beta for EnD), coloured
+    by unbiased test accuracy: where the method works. With one option, that option against
+    unbiased accuracy; with none, no figure (None)."""
+    names = numeric_options(rows)[:2]
+    if not names:
+        return None
+    points = [r for r in rows if all(n in r.options for n in names)
               and r.unbiased_test_acc is not None]
     fig, axis = plt.subplots(figsize=(5.4, 4.4))
-    if points:
-        scatter = axis.scatter([r.alpha for r in points], [r.beta for r in points],
-                               c=[100 * r.unbiased_test_acc for r in points], cmap="viridis",
-                               s=[60 if r.state == "COMPLETE" else 25 for r in points],
-                               edgecolors="black", linewidths=0.4)
-        fig.colorbar(scatter, ax=axis, label="unbiased test accuracy (%)")
-    axis.set(xlabel="alpha (disentangling)", ylabel="beta (entangling)",
-             title=title or "alpha-beta plane (small dots: not complete)")
-    axis.set_xlim(left=0)  # the search starts at 0: show where the runs are within it
-    axis.set_ylim(bottom=0)
+    sizes = [60 if r.state == "COMPLETE" else 25 for r in points]
+    xs = [r.options[names[0]] for r in points]
+    if len(names) == 2:
+        ys = [r.options[names[1]] for r in points]
+        if points:
+            scatter = axis.scatter(xs, ys, c=[100 * r.unbiased_test_acc for r in points],
+                                   cmap="viridis", s=sizes, edgecolors="black", linewidths=0.4)
+            fig.colorbar(scatter, ax=axis, label="unbiased test accuracy (%)")
+        axis.set_ylabel(AXIS_LABELS.get(names[1], names[1]))
+        if _spans_decades(ys):
+            axis.set_yscale("log")
+    else:
+        axis.scatter(xs, [100 * r.unbiased_test_acc for r in points], s=sizes,
+                     edgecolors="black", linewidths=0.4)
+        axis.set_ylabel("unbiased test accuracy (%)")
+    axis.set_xlabel(AXIS_LABELS.get(names[0], names[0]))
+    if _spans_decades(xs):
+        axis.set_xscale("log")
+    axis.set_title(title or f"{' - '.join(names)} (small dots: not complete)")
     axis.grid(alpha=0.3)
     return _save(fig, Path(path))
 
@@ -119,8 +150,8 @@ def plot_learning_curves(
         history = [h for h in load_run(row.run_dir).history if h.get("valid_acc") is not None]
         epochs = [h["epoch"] for h in history]
         colour = f"C{index}"
-        label = f"{row.id}: alpha {row.alpha:.3g}, beta {row.beta:.3g}" if row.alpha is not None \
-            else f"{row.id}"
+        setting = ", ".join(f"{k} {row.options[k]:.3g}" for k in numeric_options([row])[:2])
+        label = f"{row.id}: {setting}" if setting else row.id
         axis.plot(epochs, [100 * h["valid_acc"] for h in history], color=colour, label=label,
                   marker="o", markersize=3)
         axis.plot(epochs, [100 * (h.get("unbiased_test_acc") or float("nan")) for h in history],
@@ -136,8 +167,12 @@ def plot_learning_curves(
 
 def plot_sweep(name: str, rows: list[Row], folder: str | Path, *, top: int = 3) -> list[Path]:
     folder = Path(folder)
-    return [
-        plot_alpha_beta(rows, folder / f"{name}_alpha_beta.png", title=f"{name}: alpha-beta plane"),
+    searched = numeric_options(rows)[:2]
+    space = plot_search_space(rows, folder / f"{name}_{'_'.join(searched)}.png",
+                              title=f"{name}: {'-'.join(searched)} plane" if len(searched) == 2
+                              else f"{name}: {''.join(searched)}")
+    return [p for p in (
+        space,
         plot_valid_vs_unbiased(rows, folder / f"{name}_valid_vs_unbiased.png"),
         plot_learning_curves(rows, folder / f"{name}_curves.png", top=top),
-    ]
+    ) if p is not None]

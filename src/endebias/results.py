@@ -69,9 +69,7 @@ def side_by_side_table(runs: dict[str, Run]) -> str:
 
 # --- Sweeps: one row per trial (or per run folder), top-k summary, Table 1 -------------
 
-TABLE_COLUMNS = (
-    "valid_acc", "biased_test_acc", "unbiased_test_acc", "alpha", "beta", "state", "id",
-)
+METRIC_COLUMNS = ("valid_acc", "biased_test_acc", "unbiased_test_acc")
 SUMMARY_METRICS = ("biased_test_acc", "unbiased_test_acc")
 # The paper's Table 1 (unbiased test accuracy, %), DESIGN.md section 3: (mean, std or None).
 PAPER_TABLE1: dict[str, dict[float, tuple[float, float | None]]] = {
@@ -95,20 +93,31 @@ class Row:
     epoch: int | None = None
 
     @property
-    def alpha(self) -> float | None:
-        return self.config.get("method_options", {}).get("alpha")
+    def options(self) -> dict[str, Any]:
+        """The method's options in the run's config (a sweep's searched ones among them)."""
+        return self.config.get("method_options") or {}
 
-    @property
-    def beta(self) -> float | None:
-        return self.config.get("method_options", {}).get("beta")
-
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, option_names: list[str] | None = None) -> dict[str, Any]:
+        """Metrics, then the named method options (default: this row's), then the rest."""
+        names = list(self.options) if option_names is None else option_names
         return {"valid_acc": self.valid_acc, "biased_test_acc": self.biased_test_acc,
-                "unbiased_test_acc": self.unbiased_test_acc, "alpha": self.alpha,
-                "beta": self.beta, "state": self.state, "id": self.id, "epoch": self.epoch,
+                "unbiased_test_acc": self.unbiased_test_acc,
+                **{name: self.options.get(name) for name in names},
+                "state": self.state, "id": self.id, "epoch": self.epoch,
                 "method": self.config.get("method"),
                 "rho": self.config.get("dataset_options", {}).get("rho"),
                 "run_dir": self.run_dir}
+
+
+def option_names(rows: list[Row]) -> list[str]:
+    """The method options set in any row, in first-seen order: alpha and beta for an EnD
+    sweep (the original script's columns), step_size... for a Group DRO one."""
+    return list(dict.fromkeys(name for row in rows for name in row.options))
+
+
+def table_columns(rows: list[Row]) -> list[str]:
+    """The per-trial table's columns: metrics, the rows' method options, state and id."""
+    return [*METRIC_COLUMNS, *option_names(rows), "state", "id"]
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
@@ -203,25 +212,29 @@ def plus_minus(
 def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text") -> str:
     """The original results script's output (text), or the same rows as csv/json/markdown."""
     summary = summarize(rows, top=top)
+    columns = table_columns(rows)
     if fmt == "json":
         stats = {k: None if v is None else {"mean": v[0], "std": v[1]} for k, v in summary.items()}
-        document = {"study": name, "top": top, "rows": [r.as_dict() for r in rows],
+        names = option_names(rows)  # the same keys in every row
+        document = {"study": name, "top": top, "rows": [r.as_dict(names) for r in rows],
                     "summary": stats}
         return records.dumps(document, indent=2) + "\n"
     if fmt == "csv":
-        columns = ["study", *TABLE_COLUMNS, "epoch", "method", "rho", "run_dir"]
+        names = option_names(rows)
+        fields = ["study", *columns, "epoch", "method", "rho", "run_dir"]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            values = row.as_dict()
-            writer.writerow({"study": name, **{k: values[k] for k in columns[1:]}})
+            values = row.as_dict(names)
+            writer.writerow({"study": name, **{k: values[k] for k in fields[1:]}})
         return buffer.getvalue()
-    cells = [[_cell(row.as_dict()[c]) for c in TABLE_COLUMNS] for row in rows]
+    names = option_names(rows)
+    cells = [[_cell(row.as_dict(names)[c]) for c in columns] for row in rows]
     lines_out: list[str]
     if fmt == "markdown":
-        lines_out = [f"### {name}", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
-                     "|" + "---:|" * (len(TABLE_COLUMNS) - 2) + "---|---|"]
+        lines_out = [f"### {name}", "", "| " + " | ".join(columns) + " |",
+                     "|" + "---:|" * (len(columns) - 2) + "---|---|"]
         lines_out += ["| " + " | ".join(c) + " |" for c in cells]
         lines_out += ["", f"Top {top} complete runs by valid accuracy "
                       "(mean ± population std, %):", ""]
@@ -229,8 +242,8 @@ def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text")
         return "\n".join(lines_out) + "\n"
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}; known: text, csv, json, markdown")
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(TABLE_COLUMNS)]
-    lines_out = ["  ".join(c.rjust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines_out = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines_out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines_out.append(f"------- SUMMARY FOR {name} -------")
     lines_out += [f"{metric}: {plus_minus(summary[metric])}" for metric in SUMMARY_METRICS]
