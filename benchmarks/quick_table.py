@@ -5,6 +5,7 @@ setting of a sweep.
     python benchmarks/quick_table.py --data-dir ../shared/data/mnist [--rhos 0.997 ...]
         [--methods vanilla end groupdro lff biasbal] [--threads 1]
         [--best-from METHOD=SWEEP_ID ... --storage URL --out runs/quick-table-best]
+        [--set METHOD.OPTION=VALUE ...]
 
 Runs go to runs/quick-table/<method>-rho<rho>-seed<seed>/ and are resumed/reused, so the
 script can be stopped and restarted, and two copies with different --methods can share
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from endebias.comparison import best_setting, find_runs, method_table
 from endebias.config import make_config
@@ -41,6 +43,9 @@ def main() -> None:
     parser.add_argument("--best-from", nargs="+", default=[], metavar="METHOD=SWEEP_ID",
                         help="train METHOD at the best trial's options of that sweep")
     parser.add_argument("--storage", help="the sweeps' storage URL (with --best-from)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.OPTION=VALUE",
+                        help="set one method option by hand, e.g. a sweep's best setting "
+                             "read from docs/results.md when its storage is gone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,6 +57,15 @@ def main() -> None:
         rows = rows_from_study(load_study(sweep_id, storage=args.storage))
         options[method] = best_setting(rows, method=method)
         print(f"{method}: best setting of sweep {sweep_id}: {options[method]}", flush=True)
+
+    for item in args.set:
+        name, _, value = item.partition("=")
+        method, _, option = name.partition(".")
+        if method not in METHODS or not option or not value:
+            parser.error(f"--set {item!r}: expected METHOD.OPTION=VALUE, e.g. groupdro.step_size=0.001")
+        options[method] = {**options[method], option: yaml.safe_load(value)}
+    for method in args.methods:
+        print(f"{method}: options {options[method] or '(defaults)'}", flush=True)
 
     for seed in args.seeds:
         for rho in args.rhos:
