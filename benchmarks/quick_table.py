@@ -62,7 +62,8 @@ def main() -> None:
         name, _, value = item.partition("=")
         method, _, option = name.partition(".")
         if method not in METHODS or not option or not value:
-            parser.error(f"--set {item!r}: expected METHOD.OPTION=VALUE, e.g. groupdro.step_size=0.001")
+            parser.error(f"--set {item!r}: expected METHOD.OPTION=VALUE, "
+                         "e.g. groupdro.step_size=0.001")
         options[method] = {**options[method], option: yaml.safe_load(value)}
     for method in args.methods:
         print(f"{method}: options {options[method] or '(defaults)'}", flush=True)
