@@ -135,10 +135,24 @@ def _worker(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+# gloo on CPU now and then aborts one process of a correct run (SIGABRT, "terminate called
+# without an active exception"): about one run of this file in 20 on a 2-core machine,
+# also with a barrier before destroy_process_group. A start that dies that way, and only
+# that way, is retried; the same abort three times running still fails the test.
+GLOO_ABORT = "terminate called without an active exception"
+ATTEMPTS = 3
+
+
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(str(folder / "store"), str(folder)), nprocs=WORLD, join=True)
+    for attempt in range(1, ATTEMPTS + 1):
+        folder = tmp_path_factory.mktemp("ddp")
+        try:
+            mp.spawn(_worker, args=(str(folder / "store"), str(folder)), nprocs=WORLD, join=True)
+            break
+        except mp.ProcessExitedException as error:
+            if error.signal_name != "SIGABRT" or attempt == ATTEMPTS:
+                raise
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -211,14 +225,18 @@ def test_global_batches_and_shares() -> None:
 
 
 def test_torchrun_end_to_end(tmp_path: Path) -> None:
-    out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-        "-m", "endebias", "train", "--dataset", "synthetic", "--method", "end", "--preset",
-        "quick", "--epochs", "2", "--device", "cpu", "--out", str(out), "--no-progress",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    for attempt in range(1, ATTEMPTS + 1):
+        out = tmp_path / f"run{attempt}"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={WORLD}", "-m", "endebias", "train", "--dataset", "synthetic",
+            "--method", "end", "--preset", "quick", "--epochs", "2", "--device", "cpu",
+            "--out", str(out), "--no-progress",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+        if done.returncode == 0 or GLOO_ABORT not in done.stderr:
+            break
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1  # only rank 0 talks
     assert done.stdout.count("epoch   1 |") == 1
