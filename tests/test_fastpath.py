@@ -68,7 +68,6 @@ def test_bf16_autocast_keeps_the_end_loss_close() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, inside torch.compile
 def test_compile_and_channels_last_train_like_eager(tmp_path: Path) -> None:
     """One epoch of EnD on the synthetic benchmark with the options forced on (CPU): the
     same records as the eager path, to float tolerance."""

@@ -311,13 +311,11 @@ def _compiled_matches_eager(backend: str) -> None:
     torch.testing.assert_close(grad, features.grad)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, inside torch.compile
 def test_compiles_as_one_graph_with_counts_given():
     _compiled_matches_eager("aot_eager")  # traces forward and backward, no codegen: fast
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_compiles_with_inductor():  # cold cache: ~20 s of C++ code generation on 2 cores
     _compiled_matches_eager("inductor")
 
