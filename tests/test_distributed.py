@@ -137,8 +137,9 @@ def _worker(rank: int, store: str, out: str) -> None:
 
 # gloo on CPU now and then aborts one process of a correct run (SIGABRT, "terminate called
 # without an active exception"): about one run of this file in 20 on a 2-core machine,
-# also with a barrier before destroy_process_group. A start that dies that way, and only
-# that way, is retried; the same abort three times running still fails the test.
+# also with a barrier before destroy_process_group. A start that dies that way is retried:
+# under torchrun we see its message; under mp.spawn only the signal, so any SIGABRT there.
+# The same abort three times running, or any other failure, still fails the test.
 GLOO_ABORT = "terminate called without an active exception"
 ATTEMPTS = 3
 
