@@ -7,7 +7,7 @@ style, in the same process, on Biased MNIST (rho 0.997, batch 256, SimpleConvNet
   features from a forward hook; the EnD loss as a Gram matrix and Python loops over
   classes with a host sync per mask (written from DESIGN.md section 2); ``.item()`` per
   step for the logs.
-* ``ours``: the library's trainer epoch (``endebias.epoch.train_epoch``): uint8 images
+* ``ours``: the library's trainer epoch (``endebias.training.epoch.train_epoch``): uint8 images
   resident on the device, normalised per batch, closed-form EnD, metrics read once per
   epoch and, on CUDA, the fast path (channels_last, bf16 autocast, torch.compile).
 * ``ours-eager`` (CUDA only): the same with the fast path off.
@@ -39,15 +39,15 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from endebias.config import make_config
 from endebias.data import Split
-from endebias.epoch import StepRunner, train_epoch
-from endebias.fastpath import FastPath
 from endebias.hooks import capture_features
 from endebias.methods import build_method
 from endebias.models import build_model
 from endebias.regularizer import end_terms
-from endebias.train import load_benchmark
+from endebias.training.config import make_config
+from endebias.training.epoch import StepRunner, train_epoch
+from endebias.training.fastpath import FastPath
+from endebias.training.fit import load_benchmark
 
 BATCH = 256
 

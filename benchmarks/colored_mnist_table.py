@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from endebias.config import make_config
-from endebias.train import fit
+from endebias.training.config import make_config
+from endebias.training.fit import fit
 
 log = logging.getLogger("colored_mnist_table")
 COLUMNS = ("biased_test_acc", "unbiased_test_acc", "unbiased_test_acc_conflicting", "valid_acc")

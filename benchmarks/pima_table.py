@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from endebias.config import make_config
-from endebias.train import fit
+from endebias.training.config import make_config
+from endebias.training.fit import fit
 
 log = logging.getLogger("pima_table")
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "pima" / "pima.csv"

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from endebias.comparison import best_setting, find_runs, method_table
-from endebias.config import make_config
-from endebias.demo import DEMO_END_OPTIONS
-from endebias.results import rows_from_study
-from endebias.sweep import load_study
-from endebias.train import fit
+from endebias.cli.demo import DEMO_END_OPTIONS
+from endebias.report.comparison import best_setting, find_runs, method_table
+from endebias.report.results import rows_from_study
+from endebias.sweeps.storage import load_study
+from endebias.training.config import make_config
+from endebias.training.fit import fit
 
 METHODS = {"vanilla": {}, "end": DEMO_END_OPTIONS, "groupdro": {}, "lff": {}, "biasbal": {}}
 

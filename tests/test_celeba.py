@@ -140,8 +140,8 @@ def test_missing_or_corrupt_image_is_named(tmp_path):
 
 
 def test_trains_resnet18_with_end_through_the_unchanged_trainer(tmp_path):
-    from endebias.config import TrainConfig
-    from endebias.train import fit
+    from endebias.training.config import TrainConfig
+    from endebias.training.fit import fit
 
     write_celeba(tmp_path / "celeba")
     options = {"root": str(tmp_path / "celeba"), "image_size": 32, "workers": 0,

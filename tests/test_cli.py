@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from endebias import records
-from endebias.cli import main, parse_assignment
+from endebias.cli.main import main, parse_assignment
+from endebias.training import records
 
 MNIST = Path(
     os.environ.get("ENDEBIAS_DATA", Path(__file__).resolve().parents[2] / "shared/data/mnist")

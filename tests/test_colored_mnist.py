@@ -149,8 +149,8 @@ def test_bad_options_are_named() -> None:
 
 
 def test_trains_through_the_unchanged_trainer(tmp_path, monkeypatch) -> None:
-    from endebias.config import QUICK, TrainConfig
-    from endebias.train import fit
+    from endebias.training.config import QUICK, TrainConfig
+    from endebias.training.fit import fit
 
     table, _ = write_mnist(tmp_path / "mnist", n_train=300, n_test=60)
     use_checksums(monkeypatch, table)

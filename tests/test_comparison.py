@@ -10,9 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from endebias import comparison, records
-from endebias.cli import main
-from endebias.results import Row
+from endebias.cli.main import main
+from endebias.report import comparison
+from endebias.report.results import Row
+from endebias.training import records
 
 
 def write_run(folder, name, *, method, rho, seed, unbiased, seconds=(10.0, 20.0),

@@ -21,13 +21,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from endebias import distributed, end_terms
-from endebias.config import TrainConfig
+from endebias import end_terms
 from endebias.data import Benchmark, Split
-from endebias.distributed import DistContext
-from endebias.epoch import StepRunner, train_epoch
 from endebias.hooks import L2Normalize
 from endebias.methods import build_method
+from endebias.training import distributed
+from endebias.training.config import TrainConfig
+from endebias.training.distributed import DistContext
+from endebias.training.epoch import StepRunner, train_epoch
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed")
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from endebias.cli import build_parser, config_from_args
-from endebias.config import TrainConfig, make_config
-from endebias.fastpath import FastPath
+from endebias.cli.main import build_parser, config_from_args
 from endebias.methods import build_method
 from endebias.models import build_model
-from endebias.records import read_metrics
-from endebias.train import fit
+from endebias.training.config import TrainConfig, make_config
+from endebias.training.fastpath import FastPath
+from endebias.training.fit import fit
+from endebias.training.records import read_metrics
 
 CPU = torch.device("cpu")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from endebias.cli import main
-from endebias.feature_plots import align, load_features, pca_2d, plot_features
+from endebias.cli.main import main
+from endebias.report.feature_plots import align, load_features, pca_2d, plot_features
 
 
 def fake_run(tmp_path, *, epochs: int = 3, n: int = 60, dim: int = 16):
@@ -71,8 +71,8 @@ def test_missing_or_mismatched_features_are_clear_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_features_saved_by_a_real_run(tmp_path):
-    from endebias.config import make_config
-    from endebias.train import fit
+    from endebias.training.config import make_config
+    from endebias.training.fit import fit
 
     config = make_config("quick", dataset="synthetic", method="end", epochs=2, save_features=40,
                          dataset_options={"train_size": 128, "eval_size": 64},

@@ -89,8 +89,8 @@ def test_bad_input_is_named(tmp_path):
 
 
 def test_trains_resnet18_with_end(tmp_path):
-    from endebias.config import make_config
-    from endebias.train import fit
+    from endebias.training.config import make_config
+    from endebias.training.fit import fit
 
     write_folder(tmp_path)
     options = {"root": str(tmp_path), "csv": "labels.csv", "target": "species",

@@ -13,12 +13,12 @@ import torch
 import yaml
 from torch import nn
 
-from endebias import records
-from endebias.config import make_config
 from endebias.data import build_dataset
 from endebias.methods import build_method, method_class, method_names
 from endebias.models import build_model
-from endebias.train import fit
+from endebias.training import records
+from endebias.training.config import make_config
+from endebias.training.fit import fit
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 TINY_MODEL = {"channels": [4, 8], "kernel_size": 3}
@@ -181,7 +181,7 @@ def test_lff_needs_train_targets():
 @pytest.mark.parametrize(("name", "option"), [("groupdro", "step_size=0.1"), ("lff", "q=0.5"),
                                               ("biasbal", "smoothing=0.01")])
 def test_baselines_train_from_the_command_line(name, option, tmp_path, capsys):
-    from endebias.cli import main
+    from endebias.cli.main import main
 
     code = main([
         "train", "--method", name, "--dataset", "synthetic", "--epochs", "1", "--device", "cpu",

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from endebias.config import PAPER, make_config
 from endebias.models import build_model, model_names
 from endebias.models.simple_conv import SimpleConvNet
+from endebias.training.config import PAPER, make_config
 
 
 def test_paper_simple_conv_matches_the_protocol():

@@ -16,8 +16,8 @@ import optuna
 import pytest
 from PIL import Image
 
-from endebias import results
-from endebias.cli import main
+from endebias.cli.main import main
+from endebias.report import results
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 STUDY = "golden-sweep"
@@ -147,7 +147,7 @@ def test_a_baseline_sweep_shows_its_own_options():
 
 
 def test_plots_of_a_baseline_sweep_use_its_options(tmp_path):
-    from endebias.plots import plot_sweep
+    from endebias.report.plots import plot_sweep
 
     paths = plot_sweep("gdro", baseline_rows(), tmp_path)
     assert [p.name for p in paths] == ["gdro_generalization_adjustment_step_size.png",

@@ -19,8 +19,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from endebias import records, sweep
-from endebias.cli import main
+from endebias.cli.main import main
+from endebias.sweeps import storage as sweep_storage
+from endebias.training import records
 
 pytestmark = pytest.mark.slow
 POSTGRES_ENV = "ENDEBIAS_TEST_POSTGRES_URL"
@@ -88,7 +89,7 @@ def two_agents_sweep(tmp_path: Path, capsys, storage: str) -> None:
     password = re.search(r"://[^:/@]+:([^@]+)@", storage)
     for agent in agents:
         finish(agent, secret=password.group(1) if password else "")
-    study = sweep.load_study(sweep_id, storage=storage)
+    study = sweep_storage.load_study(sweep_id, storage=storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     others = [t for t in study.trials if t.state != TrialState.COMPLETE]
     # All trials complete; an extra one started at the same moment is marked skipped.
@@ -162,14 +163,14 @@ def test_killed_agent_is_requeued_and_a_new_agent_finishes_the_sweep(tmp_path, c
     before = records.read_metrics(run_dir)
     assert not (run_dir / records.DONE).exists(), "the trial finished before the kill"
     assert len(before) < epochs
-    study = sweep.load_study(sweep_id, storage=storage)
+    study = sweep_storage.load_study(sweep_id, storage=storage)
     (trial,) = study.trials
     assert trial.state == TrialState.RUNNING  # left behind, not complete
     assert trial.user_attrs["run_dir"] == str(run_dir.resolve())
 
     time.sleep(3.5)  # the grace period: its heartbeat is now stale
     finish(endebias("sweep", "agent", sweep_id, "--storage", storage, cwd=tmp_path))
-    study = sweep.load_study(sweep_id, storage=storage)
+    study = sweep_storage.load_study(sweep_id, storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 2 and states.count(TrialState.FAIL) == 1, states
     assert study.trials[trial.number].state == TrialState.FAIL

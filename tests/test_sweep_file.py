@@ -10,11 +10,11 @@ import optuna
 import pytest
 import yaml
 
-from endebias import sweepfile
-from endebias.agent import suggest
-from endebias.config import make_config
-from endebias.sweepfile import SweepFileError, coerce_number, load_sweep_file, parse_sweep
-from endebias.sweepspec import all_grid_points
+from endebias.sweeps import sweep_file
+from endebias.sweeps.agent import suggest
+from endebias.sweeps.search_space import all_grid_points
+from endebias.sweeps.sweep_file import SweepFileError, coerce_number, load_sweep_file, parse_sweep
+from endebias.training.config import make_config
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -68,9 +68,9 @@ def test_original_file_works_unchanged_and_numeric_strings_are_numbers(
     tmp_path, caplog, monkeypatch
 ):
     assert yaml.safe_load("x: 1e-4")["x"] == "1e-4"  # the pitfall this guards against
-    monkeypatch.setattr(sweepfile, "_said_not_executed", False)
+    monkeypatch.setattr(sweep_file, "_said_not_executed", False)
     path = write(tmp_path, ORIGINAL)
-    with caplog.at_level(logging.INFO, logger="endebias.sweepfile"):
+    with caplog.at_level(logging.INFO, logger="endebias.sweeps.sweep_file"):
         spec = load_sweep_file(path)
         load_sweep_file(path)
     said = [r.getMessage() for r in caplog.records if "never executed" in r.getMessage()]
@@ -241,7 +241,7 @@ def test_grid_covers_every_value_once():
     assert spec.grid_size() == 2 * 3 * 2
     points = all_grid_points(spec)
     assert len(points) == 12 and len({tuple(sorted(p.items())) for p in points}) == 12
-    from endebias.sweep import build_sampler
+    from endebias.sweeps.storage import build_sampler
 
     study = optuna.create_study(sampler=build_sampler(spec, seed=0))
     searched = [p for p in spec.parameters.values() if p.searched]

@@ -9,8 +9,8 @@ import types
 import pytest
 import yaml
 
-from endebias.cli import main
-from endebias.records import read_metrics
+from endebias.cli.main import main
+from endebias.training.records import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def test_agent_mirrors_each_trial_to_wandb_offline(tmp_path, fake_wandb, capsys)
 
 
 def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
-    from endebias.tracking import WandbRun
+    from endebias.training.tracking import WandbRun
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(RuntimeError, match="--wandb needs the wandb package: pip install wandb"):

@@ -173,8 +173,8 @@ def test_real_pima_loads_with_age_split_at_the_training_median():
 
 
 def test_trains_through_the_unchanged_trainer(tmp_path):
-    from endebias.config import TrainConfig
-    from endebias.train import fit
+    from endebias.training.config import TrainConfig
+    from endebias.training.fit import fit
 
     path = _write(tmp_path / "t.csv", n=300)
     options = {"path": str(path), "target": "type", "bias": "age", "bias_binning": "median",

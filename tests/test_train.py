@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from endebias import records
-from endebias.config import make_config
 from endebias.methods.vanilla import Vanilla
-from endebias.train import NonFiniteLossError, RunAlreadyExistsError, fit
+from endebias.training import records
+from endebias.training.config import make_config
+from endebias.training.fit import NonFiniteLossError, RunAlreadyExistsError, fit
 
 
 def synthetic_config(**overrides):

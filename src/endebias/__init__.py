@@ -1,7 +1,7 @@
 """endebias: train neural networks that ignore a known bias (EnD, CVPR 2021).
 
-The loss API is imported lazily, so that the torch-free parts (``endebias.results``,
-``endebias.plots``) load without torch.
+The loss API is imported lazily, so that the torch-free parts (``endebias.report.results``,
+``endebias.report.plots``) load without torch.
 """
 
 from __future__ import annotations

@@ -1,3 +1,3 @@
-from endebias.cli import main
+from endebias.cli.main import main
 
 raise SystemExit(main())

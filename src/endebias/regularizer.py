@@ -22,7 +22,7 @@ Several processes, one global batch. Because the terms depend on the batch only 
 the per-group sums, ``reduce_group_sums`` (closed form only) may replace the local
 ``(T*C, F+2)`` sums by their sum over processes, e.g. an autograd-aware all-reduce; every
 process then computes the loss of the *global* batch, and gradients flow back to each
-process's own samples (see ``endebias.distributed``).
+process's own samples (see ``endebias.training.distributed``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A sweep file names a search (``name``), a search ``method`` (bayes, random, grid
 ``metric`` it optimises and ``parameters``, each a constant (``value``), a list
 (``values``) or a ``distribution`` with ``min``/``max``/``q``. ``program`` and ``command``
 are accepted so that existing files work unchanged, but nothing is ever executed: every
-trial is an in-process :func:`endebias.train.fit`. Our own settings live under an
+trial is an in-process :func:`endebias.training.fit.fit`. Our own settings live under an
 ``optuna:`` section (sampler, seed, heartbeats), so the original keys keep their meaning.
 
 Every error names the file and the key, e.g. ``sweeps/a.yaml: parameters.alpha: min 2
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from endebias.sweepspec import (
+from endebias.sweeps.search_space import (
     Parameter,
     SweepFileError,
     SweepSpec,

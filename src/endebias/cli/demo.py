@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from endebias.config import make_config
-from endebias.plots import plot_comparison
-from endebias.results import load_run, side_by_side_table
-from endebias.train import fit, summary_line
+from endebias.report.plots import plot_comparison
+from endebias.report.results import load_run, side_by_side_table
+from endebias.training.config import make_config
+from endebias.training.fit import fit, summary_line
 
 # EnD's weights for the quick preset (chosen on valid accuracy, see docs/results.md).
 DEMO_END_OPTIONS = {"alpha": 1.0, "beta": 1.0}

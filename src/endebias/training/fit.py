@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 
-from endebias import distributed, records
-from endebias.config import TrainConfig
 from endebias.data import Benchmark, build_dataset
-from endebias.epoch import (
+from endebias.methods import build_method
+from endebias.metrics import aligned_groups, group_counts
+from endebias.models import build_model
+from endebias.training import distributed, records
+from endebias.training.config import TrainConfig
+from endebias.training.epoch import (
     NonFiniteLossError,
     StepRunner,
     evaluate,
@@ -26,10 +29,7 @@ from endebias.epoch import (
     save_features,
     train_epoch,
 )
-from endebias.fastpath import FastPath
-from endebias.methods import build_method
-from endebias.metrics import aligned_groups, group_counts
-from endebias.models import build_model
+from endebias.training.fastpath import FastPath
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def fit(
     to stop the run (sweeps prune this way).
 
     Launched by ``torchrun`` with several processes, this joins their process group (see
-    :mod:`endebias.distributed`; the caller may tear it down after): one run over the
+    :mod:`endebias.training.distributed`; the caller may tear it down after): one run over the
     global batch, records and checkpoints written by rank 0 only, ``on_epoch`` and
     ``echo`` called on rank 0 only.
     """

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from endebias import records
+from endebias.training import records
 
 
 class WandbRun:

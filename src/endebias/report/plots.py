@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from endebias.results import Row, Run, load_run, option_names  # noqa: E402
+from endebias.report.results import Row, Run, load_run, option_names  # noqa: E402
 
 
 def _group_matrix(run: Run, split: str) -> np.ndarray | None:
@@ -57,7 +57,7 @@ def plot_comparison(
     return path
 
 
-# --- Sweep figures (rows from endebias.results) ------------------------------------
+# --- Sweep figures (rows from endebias.report.results) ------------------------------------
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -45,7 +45,7 @@ class TrainConfig:
     # Save the feature-layer outputs of this many fixed unbiased-test images every epoch
     # (for `endebias plot features`); 0 saves nothing.
     save_features: int = 0
-    # The GPU fast path (endebias.fastpath): "auto" is on for CUDA, off for CPU.
+    # The GPU fast path (endebias.training.fastpath): "auto" is on for CUDA, off for CPU.
     amp: str = "auto"
     compile: str = "auto"
     channels_last: str = "auto"

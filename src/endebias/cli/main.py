@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from endebias import cli_sweep, records
+from endebias.cli import sweep as cli_sweep
+from endebias.training import records
 
 log = logging.getLogger("endebias")
 
@@ -74,7 +75,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from endebias.config import make_config
+    from endebias.training.config import make_config
 
     overrides: dict[str, Any] = {
         "dataset": args.dataset,
@@ -111,8 +112,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from endebias import distributed
-    from endebias.train import fit, summary_line
+    from endebias.training import distributed
+    from endebias.training.fit import fit, summary_line
 
     config = config_from_args(args)
     out = (
@@ -142,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from endebias.demo import run_demo
+    from endebias.cli.demo import run_demo
 
     return run_demo(
         out=Path(args.out),

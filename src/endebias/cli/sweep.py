@@ -16,8 +16,8 @@ STORAGE_HELP = (
 
 
 def cmd_sweep_create(args: argparse.Namespace) -> int:
-    from endebias.sweep import create_sweep, default_storage, mask_url
-    from endebias.sweepfile import load_sweep_file
+    from endebias.sweeps.storage import create_sweep, default_storage, mask_url
+    from endebias.sweeps.sweep_file import load_sweep_file
 
     spec = load_sweep_file(args.file)
     storage = args.storage or default_storage(args.runs)
@@ -36,8 +36,8 @@ def cmd_sweep_create(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_agent(args: argparse.Namespace) -> int:
-    from endebias.agent import run_agent
-    from endebias.sweep import default_storage
+    from endebias.sweeps.agent import run_agent
+    from endebias.sweeps.storage import default_storage
 
     try:
         result = run_agent(
@@ -63,11 +63,11 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from endebias import results
-    from endebias.sweep import default_storage, load_study, open_storage
+    from endebias.report import results
+    from endebias.sweeps.storage import default_storage, load_study, open_storage
 
     if args.by_method:  # seeds of fixed settings, read straight from their run folders
-        from endebias.comparison import find_runs, method_table
+        from endebias.report.comparison import find_runs, method_table
 
         sys.stdout.write(method_table(find_runs(args.ids), fmt=args.format))
         return 0
@@ -85,7 +85,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         for name, rows in studies.items():
             sys.stdout.write(results.format_study(name, rows, top=args.top, fmt=args.format))
     if args.plot:
-        from endebias.plots import plot_sweep
+        from endebias.report.plots import plot_sweep
 
         for name, rows in studies.items():
             for path in plot_sweep(name, rows, args.plot, top=args.top):
@@ -94,7 +94,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_features(args: argparse.Namespace) -> int:
-    from endebias.feature_plots import plot_features
+    from endebias.report.feature_plots import plot_features
 
     for path in plot_features(args.run, args.out):
         print(path)

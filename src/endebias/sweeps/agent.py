@@ -1,4 +1,4 @@
-"""A sweep agent: a loop of Optuna trials, each one :func:`endebias.train.fit` run.
+"""A sweep agent: a loop of Optuna trials, each one :func:`endebias.training.fit.fit` run.
 
 Each trial trains into ``runs/<sweep id>/<config hash>``, so a trial re-queued after its
 agent was killed (same parameters, hence same hash) resumes that folder from its last
@@ -19,9 +19,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from endebias import records, sweep
-from endebias.config import make_config
-from endebias.sweepspec import Parameter, SweepSpec
+from endebias.sweeps import storage as sweep_storage
+from endebias.sweeps.search_space import Parameter, SweepSpec
+from endebias.training import records
+from endebias.training.config import make_config
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Objective:
             raise
 
     def _train(self, trial: optuna.Trial) -> float:
-        from endebias.train import fit  # torch: only in agents
+        from endebias.training.fit import fit  # torch: only in agents
 
         self._check_not_surplus(trial)
         sampled = {p.name: suggest(trial, p) for p in self.spec.parameters.values() if p.searched}
@@ -164,7 +165,7 @@ class Objective:
         """A W&B run mirroring this trial when the agent was asked for one (off by default)."""
         if self.wandb_project is None:
             return None
-        from endebias.tracking import WandbRun
+        from endebias.training.tracking import WandbRun
 
         return WandbRun(
             project=self.wandb_project,
@@ -230,22 +231,22 @@ def run_agent(
     wandb_project: str | None = None,
 ) -> AgentResult:
     """Run trials of ``sweep_id`` until ``count`` are done or the sweep has its run cap."""
-    from endebias.train import NonFiniteLossError
+    from endebias.training.fit import NonFiniteLossError
 
-    spec = sweep.sweep_spec(sweep.load_study(sweep_id, storage=storage))
+    spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
     settings = spec.optuna
-    rdb = sweep.open_storage(
+    rdb = sweep_storage.open_storage(
         storage,
         heartbeat_interval=settings["heartbeat_interval"],
         grace_period=settings["grace_period"],
         max_retry=settings["max_retry"],
     )
-    seed = sweep.agent_seed(spec, agent_id)
-    study = sweep.load_study(
+    seed = sweep_storage.agent_seed(spec, agent_id)
+    study = sweep_storage.load_study(
         sweep_id,
         storage=rdb,
-        sampler=sweep.build_sampler(spec, seed=seed),
-        pruner=sweep.build_pruner(spec, prune),
+        sampler=sweep_storage.build_sampler(spec, seed=seed),
+        pruner=sweep_storage.build_pruner(spec, prune),
     )
     objective = Objective(
         spec,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from endebias import records
+from endebias.training import records
 
 
 @dataclass

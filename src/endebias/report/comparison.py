@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from endebias import records
-from endebias.results import (
+from endebias.report.results import (
     PAPER_DIGITS,
     PAPER_TABLE1,
     Row,
@@ -27,6 +26,7 @@ from endebias.results import (
     plus_minus,
     sort_rows,
 )
+from endebias.training import records
 
 METRICS = (
     ("biased", "biased_test_acc"),

@@ -21,9 +21,9 @@ from typing import Any
 
 import optuna
 
-from endebias.config import make_config
-from endebias.sweepfile import parse_sweep
-from endebias.sweepspec import SweepSpec, grid_search_space
+from endebias.sweeps.search_space import SweepSpec, grid_search_space
+from endebias.sweeps.sweep_file import parse_sweep
+from endebias.training.config import make_config
 
 log = logging.getLogger(__name__)
 

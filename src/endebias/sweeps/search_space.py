@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from endebias.config import TrainConfig, make_config
+from endebias.training.config import TrainConfig, make_config
 
 # Sweep parameter names that are options of the method or of the dataset, as on the
 # `train` command line; any other option is reached as method_options.X / dataset_options.X.

@@ -1,5 +1,5 @@
 """One training epoch, one evaluation pass and the per-epoch feature dump: the inner loops
-that ``endebias.train.fit`` strings together (and that benchmarks time on their own)."""
+that ``endebias.training.fit.fit`` strings together (and that benchmarks time on their own)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from endebias import distributed
-from endebias.config import TrainConfig
 from endebias.data import Benchmark, Split
-from endebias.distributed import DistContext
-from endebias.fastpath import FastPath
 from endebias.methods import Method
 from endebias.metrics import group_counts, group_metrics
+from endebias.training import distributed
+from endebias.training.config import TrainConfig
+from endebias.training.distributed import DistContext
+from endebias.training.fastpath import FastPath
 
 StepFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]
 
@@ -122,7 +122,7 @@ def train_epoch(
             if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         optimizer.zero_grad(set_to_none=True)
-        # weight != 1 only for uneven shares in a multi-process run (endebias.distributed).
+        # weight != 1 only for uneven shares in a multi-process run (endebias.training.distributed).
         (loss if weight == 1.0 else loss * weight).backward()
         optimizer.step()
         size = len(indices)

@@ -1,0 +1,1 @@
+"""Reporting: run records to tables, comparisons and figures (no torch import)."""
