@@ -57,7 +57,8 @@ def test_paper_preset_is_the_protocol():
         1e-4,
     )
     assert (config.lr_step, config.lr_gamma, config.seed) == (20, 0.1, 42)
-    assert config.method_options == {"alpha": 0.1}
+    # The official code's EnD defaults, alpha given explicitly here.
+    assert config.method_options == {"alpha": 0.1, "beta": 0.1, "pairs": "reference"}
     assert config.dataset_options == {}
 
 

@@ -80,7 +80,10 @@ def test_original_file_works_unchanged_and_numeric_strings_are_numbers(
     config = make_config(preset, **overrides)
     assert config.weight_decay == 1e-4 and isinstance(config.weight_decay, float)
     assert config.dataset_options["rho"] == 0.99
-    assert config.method_options == {"alpha": 0.25, "beta": 0.5}
+    # No method parameter: searching EnD's options means EnD, with the paper preset's
+    # pair selection (the official code's).
+    assert config.method == "end"
+    assert config.method_options == {"alpha": 0.25, "beta": 0.5, "pairs": "reference"}
     assert (config.lr, config.batch_size, config.epochs, config.preset) == (1e-3, 256, 80, "paper")
     # The stored definition holds numbers, so agents rebuild the same search.
     assert spec.definition["parameters"]["weight_decay"] == {"value": 1e-4}
@@ -150,7 +153,7 @@ def test_any_train_option_and_method_or_dataset_options_find_their_place():
     ), source="inline.yaml")
     preset, overrides = spec.overrides({"pairs": "reference"})
     config = make_config(preset, **overrides)
-    assert config.method_options == {"pairs": "reference"}
+    assert config.method_options == {"alpha": 0.1, "beta": 0.1, "pairs": "reference"}
     assert config.dataset_options["num_classes"] == 3
     assert config.model_options["channels"] == [8, 16]
     assert (config.train_subset, config.eval_subset, config.lr) == (100, 50, 0.01)

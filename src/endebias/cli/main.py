@@ -25,30 +25,61 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
+def _end_default(option: str) -> str:
+    """``paper 0.1, quick 1``: the preset defaults of an EnD option, for --help."""
+    from endebias.training.config import METHOD_DEFAULTS
+
+    return ", ".join(
+        f"{preset} {defaults['end'][option]:g}" for preset, defaults in METHOD_DEFAULTS.items()
+    )
+
+
+def _preset_default(option: str) -> str:
+    """``paper 80, quick 6``: a training option's value in each preset, for --help."""
+    from endebias.training.config import PRESETS
+
+    return ", ".join(f"{name} {values[option]:g}" for name, values in PRESETS.items())
+
+
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", default="biased-mnist", help="benchmark name (default: %(default)s)"
     )
     parser.add_argument(
-        "--rho", type=float, help="bias strength: the aligned fraction of training data"
+        "--rho",
+        type=float,
+        help="bias strength: the aligned fraction of training data (default: the dataset's; "
+        "biased-mnist 0.997)",
     )
     parser.add_argument(
-        "--method", default="vanilla", help="training method (default: %(default)s)"
+        "--method",
+        help="training method (default: end when EnD's options such as --alpha are given, "
+        "else vanilla)",
     )
     parser.add_argument("--model", help="model name (default: the preset's simple-conv)")
-    parser.add_argument("--alpha", type=float, help="EnD disentangling weight")
-    parser.add_argument("--beta", type=float, help="EnD entangling weight")
+    parser.add_argument(
+        "--alpha", type=float, help=f"EnD disentangling weight (default: {_end_default('alpha')})"
+    )
+    parser.add_argument(
+        "--beta", type=float, help=f"EnD entangling weight (default: {_end_default('beta')})"
+    )
     parser.add_argument(
         "--preset",
         default="quick",
         choices=["paper", "quick"],
-        help="paper: DESIGN.md's exact protocol (GPU); quick: minutes on CPU",
+        help="paper: the exact protocol of docs/design.md (meant for a GPU); quick: minutes "
+        "on CPU (default: %(default)s). Each preset carries its own EnD weights: see "
+        "docs/methods.md",
     )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int, help=f"(default: {_preset_default('epochs')})")
+    parser.add_argument(
+        "--batch-size", type=int, help=f"(default: {_preset_default('batch_size')})"
+    )
+    parser.add_argument("--lr", type=float, help=f"Adam's (default: {_preset_default('lr')})")
+    parser.add_argument(
+        "--weight-decay", type=float, help=f"(default: {_preset_default('weight_decay')})"
+    )
+    parser.add_argument("--seed", type=int, help="(default: 42)")
     parser.add_argument("--train-subset", type=int, help="train on this many images only")
     parser.add_argument("--eval-subset", type=int, help="evaluate on this many images per split")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -77,6 +108,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from endebias.training.config import make_config
 
+    # No --method: make_config infers it from the method options (--alpha means EnD).
     overrides: dict[str, Any] = {
         "dataset": args.dataset,
         "method": args.method,

@@ -1,0 +1,95 @@
+"""Presets carry their method defaults; explicit options and sweep parameters win; the
+method follows from its options when none is named (the official code's commands)."""
+
+from __future__ import annotations
+
+import pytest
+
+from endebias.cli.main import build_parser, config_from_args, main
+from endebias.training import records
+from endebias.training.config import METHOD_DEFAULTS, infer_method, make_config
+
+
+def parsed(*argv: str):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_paper_preset_uses_the_official_end_defaults():
+    config = make_config("paper", method="end")
+    assert config.method_options == {"alpha": 0.1, "beta": 0.1, "pairs": "reference"}
+    # The same through the command line: `--preset paper --method end`.
+    assert parsed("--preset", "paper", "--method", "end").method_options == {
+        "alpha": 0.1,
+        "beta": 0.1,
+        "pairs": "reference",
+    }
+
+
+def test_quick_preset_keeps_its_own_weights():
+    assert make_config("quick", method="end").method_options == {"alpha": 1.0, "beta": 1.0}
+    assert parsed("--method", "end").method_options == {"alpha": 1.0, "beta": 1.0}
+
+
+def test_explicit_options_override_the_preset_one_by_one():
+    config = parsed("--preset", "paper", "--method", "end", "--alpha", "0.3")
+    assert config.method_options == {"alpha": 0.3, "beta": 0.1, "pairs": "reference"}
+    config = parsed("--preset", "paper", "--method-option", "pairs=all", "--beta", "2")
+    assert config.method == "end"
+    assert config.method_options == {"alpha": 0.1, "beta": 2.0, "pairs": "all"}
+
+
+def test_no_preset_means_no_preset_method_defaults():
+    assert make_config(None, method="end").method_options == {}
+
+
+def test_other_methods_get_no_end_defaults():
+    assert make_config("paper", method="vanilla").method_options == {}
+    assert make_config("paper", method="lff").method_options == {}
+
+
+def test_every_preset_default_is_a_real_option_of_its_method():
+    from endebias.methods import method_class
+
+    for preset, by_method in METHOD_DEFAULTS.items():
+        for method, defaults in by_method.items():
+            unknown = set(defaults) - set(method_class(method).defaults)
+            assert not unknown, f"{preset}: {method} has no option {unknown}"
+
+
+def test_the_method_follows_from_its_options():
+    assert infer_method({}) == "vanilla"
+    assert infer_method({"alpha": 0.1, "beta": 0.1}) == "end"
+    assert infer_method({"pairs": "reference"}) == "end"
+    assert infer_method({"q": 0.5}) == "lff"
+    assert infer_method({"smoothing": 1.0}) == "biasbal"
+    with pytest.raises(ValueError, match="no method has all of the options alpha, q"):
+        infer_method({"alpha": 1.0, "q": 0.5})
+
+
+def test_official_local_command_trains_end(tmp_path, capsys):
+    """`--alpha 0.1 --beta 0.1` with no --method is EnD, as in the official repository."""
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "synthetic", "--alpha", "0.1", "--beta", "0.1",
+            "--epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    config = records.read_json(out / records.CONFIG)
+    assert config["method"] == "end"
+    assert config["method_options"] == {"alpha": 0.1, "beta": 0.1}
+    assert "r_perp" in capsys.readouterr().out
+
+
+def test_end_options_with_another_method_stay_one_line_errors(tmp_path, capsys):
+    argv = ["train", "--dataset", "synthetic", "--method", "vanilla", "--alpha", "0.1",
+            "--epochs", "1", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "method 'vanilla' has no option 'alpha'" in err
+    assert not (tmp_path / "r" / records.CONFIG).exists()
+
+
+def test_help_names_each_presets_end_weights(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "EnD disentangling weight (default: paper 0.1, quick 1)" in text
+    assert "(default: paper 80, quick 6)" in text
