@@ -1,0 +1,272 @@
+"""Train K runs as one pack (:mod:`endebias.training.packed`), each into its own run folder
+with the records and checkpoint a solo :func:`endebias.training.fit.fit` writes.
+
+Each member is resumed from its own solo-format checkpoint, reported and stopped on its
+own: a member whose ``on_epoch`` raises (a sweep prunes this way) or whose loss turns
+non-finite leaves the pack at the end of that epoch, and the pack is rebuilt from the
+other members' weights and optimiser state. Members resumed at different epochs train as
+separate packs, one after the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from endebias.data import Benchmark
+from endebias.methods import Method, build_method
+from endebias.metrics import aligned_groups, group_counts
+from endebias.models import build_model
+from endebias.training import distributed, records
+from endebias.training.config import TrainConfig
+from endebias.training.epoch import NonFiniteLossError
+from endebias.training.fastpath import FastPath
+from endebias.training.fit import (
+    RunAlreadyExistsError,
+    format_epoch,
+    load_benchmark,
+    resolve_device,
+)
+from endebias.training.packed import (
+    PackedMethod,
+    PackError,
+    build_packed,
+    check_packable,
+    join_optimizer_states,
+    member_optimizer_state,
+    member_state,
+    pack_key,
+)
+
+log = logging.getLogger(__name__)
+
+MemberCallback = Callable[[int, int, dict[str, Any]], None]
+Outcome = dict[str, Any] | Exception
+
+
+@dataclass
+class Member:
+    index: int  # position in the caller's list
+    config: TrainConfig
+    run_dir: Path
+    solo: Method
+    state: dict[str, Any] = field(default_factory=dict)  # the solo-format checkpoint
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(history, key=lambda r: (r["valid_acc"], -r["epoch"]))
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _claim(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """fit's folder rules: another config or an unasked resume is an error; a finished
+    run returns its best record."""
+    config_path = run_dir / records.CONFIG
+    if not config_path.exists():
+        return None
+    if records.read_json(config_path) != config.to_dict():
+        raise RunAlreadyExistsError(f"{run_dir} holds a run with another config")
+    if not resume:
+        raise RunAlreadyExistsError(f"{run_dir} already holds this run; pass resume=True")
+    if (run_dir / records.DONE).exists():
+        return records.read_json(run_dir / records.BEST)
+    return None
+
+
+def fit_packed(
+    configs: Sequence[TrainConfig],
+    run_dirs: Sequence[str | Path],
+    *,
+    data_dir: str | None = None,
+    resume: bool = False,
+    on_epoch: MemberCallback | None = None,
+    echo: Callable[[int, str], None] | None = None,
+) -> list[Outcome]:
+    """Train ``configs[i]`` into ``run_dirs[i]`` as one pack; per run, its best-by-valid
+    record or the exception that stopped it. ``on_epoch(i, epoch, record)`` runs after run
+    i's records are written; raising stops run i only."""
+    if not configs or len(configs) != len(run_dirs):
+        raise ValueError("fit_packed needs one run folder per config, and at least one config")
+    for config in configs:
+        check_packable(config)
+    if len({pack_key(c) for c in configs}) > 1:
+        raise PackError("these runs cannot share batches: they differ in more than method options")
+    if distributed.launched_by_torchrun():
+        raise PackError("packed runs train in one process; launch them without torchrun")
+    config = configs[0]
+    outcomes: list[Outcome | None] = [None] * len(configs)
+    todo = []
+    for index, (cfg, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
+        finished = _claim(cfg, Path(run_dir), resume)
+        if finished is not None:
+            outcomes[index] = finished
+        else:
+            todo.append((index, cfg, Path(run_dir)))
+    if not todo:
+        return outcomes  # type: ignore[return-value]
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    benchmark = load_benchmark(config, data_dir=data_dir, device=device)
+    members = [_member(index, cfg, run_dir, benchmark, resume) for index, cfg, run_dir in todo]
+    for member in members:
+        member.run_dir.mkdir(parents=True, exist_ok=True)
+        records.atomic_write_json(member.run_dir / records.CONFIG, member.config.to_dict())
+        (member.run_dir / records.ERROR).unlink(missing_ok=True)
+    for done in sorted({len(m.history) for m in members}):
+        group = [m for m in members if len(m.history) == done]
+        _Pack(group, benchmark, device, on_epoch, echo).run(outcomes)
+    return outcomes  # type: ignore[return-value]
+
+
+def _member(
+    index: int, config: TrainConfig, run_dir: Path, benchmark: Benchmark, resume: bool
+) -> Member:
+    torch.manual_seed(config.seed)  # the solo run's initial weights, exactly
+    model = build_model(
+        config.model, num_classes=benchmark.num_targets, input_shape=benchmark.input_shape,
+        **config.model_options,
+    )
+    solo = build_method(
+        config.method, model=model, num_targets=benchmark.num_targets,
+        num_biases=benchmark.num_biases, train_targets=benchmark.train.targets,
+        train_biases=benchmark.train.biases, **config.method_options,
+    )
+    member = Member(index, config, run_dir, solo, {"method": solo.state_dict()})
+    checkpoint = run_dir / records.CHECKPOINT
+    if resume and checkpoint.exists():
+        member.state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        member.history = member.state["history"]
+        log.info("resuming %s after epoch %d", run_dir, len(member.history))
+    return member
+
+
+class _Pack:
+    """Members at the same epoch, trained together until each finishes or stops."""
+
+    def __init__(self, members: list[Member], benchmark: Benchmark, device: torch.device,
+                 on_epoch: MemberCallback | None, echo: Callable[[int, str], None] | None):
+        self.members, self.benchmark, self.device = members, benchmark, device
+        self.config = members[0].config
+        self.on_epoch, self.echo = on_epoch, echo
+        self.fast = FastPath.resolve(
+            device, amp=self.config.amp, compile=self.config.compile,
+            channels_last=self.config.channels_last,
+        )
+        train = benchmark.train
+        counts = group_counts(train.targets, train.targets, train.biases,
+                              num_targets=benchmark.num_targets, num_biases=benchmark.num_biases)[0]
+        aligned = benchmark.aligned if benchmark.aligned is not None else aligned_groups(counts)
+        self.aligned = aligned.to(counts.device)
+        first = members[0].state
+        self._build([m.state["method"] for m in members],
+                    [m.state["optimizer"] for m in members] if "optimizer" in first else None,
+                    first.get("scheduler"))
+
+    def _build(self, states: list[dict[str, Any]], optimizer_states: list[dict[str, Any]] | None,
+               scheduler_state: dict[str, Any] | None) -> None:
+        config = self.config
+        self.packed: PackedMethod = build_packed(
+            [m.solo for m in self.members], states, model_options=config.model_options,
+            num_classes=self.benchmark.num_targets, in_channels=self.benchmark.input_shape[0],
+        ).to(self.device)
+        self.fast.apply(self.packed)
+        self.names = [name for name, _ in self.packed.named_parameters()]
+        self.optimizer = torch.optim.Adam(
+            self.packed.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+            fused=True if self.device.type == "cuda" else None,
+        )
+        if optimizer_states is not None:
+            self.optimizer.load_state_dict(join_optimizer_states(optimizer_states, self.names))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, config.lr_step, gamma=config.lr_gamma
+        )
+        if scheduler_state is not None:
+            self.scheduler.load_state_dict(scheduler_state)
+
+    def _drop(self, leaving: set[int]) -> None:
+        """Rebuild the pack without the members at positions ``leaving``."""
+        size = len(self.members)
+        state, optimizer = self.packed.state_dict(), self.optimizer.state_dict()
+        keep = [p for p in range(size) if p not in leaving]
+        self.members = [self.members[p] for p in keep]
+        if self.members:
+            self._build([member_state(state, p, size) for p in keep],
+                        [member_optimizer_state(optimizer, self.names, p, size) for p in keep],
+                        self.scheduler.state_dict())
+
+    def run(self, outcomes: list[Outcome | None]) -> None:
+        from endebias.training.packed_epoch import evaluate_packed, train_packed_epoch
+
+        names = list(self.benchmark.evaluations)
+        log.info("pack of %d on %s, fast path: %s", len(self.members), self.device,
+                 self.fast.describe())
+        for epoch in range(len(self.members[0].history) + 1, self.config.epochs + 1):
+            if not self.members:
+                return
+            started = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            stats, diverged = train_packed_epoch(
+                self.packed, self.optimizer, self.benchmark, self.config, epoch, self.fast
+            )
+            self.scheduler.step()
+            train_seconds = time.perf_counter() - started
+            metrics = {
+                name: evaluate_packed(self.packed, self.benchmark, split, aligned=self.aligned,
+                                      batch_size=self.config.eval_batch_size, fast=self.fast)
+                for name, split in self.benchmark.evaluations.items()
+            }
+            seconds = time.perf_counter() - started
+            leaving: set[int] = set()
+            state, optimizer = self.packed.state_dict(), self.optimizer.state_dict()
+            size = len(self.members)
+            for position, member in enumerate(self.members):
+                if position in diverged:
+                    leaving.add(position)
+                    outcomes[member.index] = error = NonFiniteLossError(diverged[position])
+                    records.atomic_write_json(member.run_dir / records.ERROR, {
+                        "error": type(error).__name__, "message": str(error)})
+                    continue
+                record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+                record.update({f"train_{k}": v for k, v in stats[position].items()})
+                record["train_seconds"] = train_seconds
+                for name in names:
+                    record.update({f"{name}_{k}": v for k, v in metrics[name][position].items()})
+                record["seconds"] = seconds
+                # Seconds are the whole pack's: one epoch of this run cost seconds / pack_size.
+                record["pack_size"] = size
+                member.history.append(records.json_safe(record))
+                _save(member.run_dir / records.CHECKPOINT, {
+                    "history": member.history,
+                    "method": member_state(state, position, size),
+                    "optimizer": member_optimizer_state(optimizer, self.names, position, size),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                })
+                records.write_metrics(member.run_dir, member.history)
+                records.atomic_write_json(member.run_dir / records.BEST, _best(member.history))
+                if self.echo is not None:
+                    self.echo(member.index, format_epoch(record, names))
+                if self.on_epoch is not None:
+                    try:
+                        self.on_epoch(member.index, epoch, record)
+                    except Exception as stop:  # noqa: BLE001  (it stops this member only)
+                        leaving.add(position)
+                        outcomes[member.index] = stop
+            if leaving:
+                self._drop(leaving)
+        for member in self.members:
+            (member.run_dir / records.DONE).write_text("")
+            outcomes[member.index] = _best(member.history)
