@@ -102,8 +102,12 @@ def fit(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     echo: Callable[[str], None] | None = None,
+    prepare_benchmark: Callable[[Benchmark], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its best-by-valid record.
+
+    ``prepare_benchmark(benchmark)``, if given, may change the loaded benchmark in place
+    before anything is built from it (pseudo bias labels replace the training ones).
 
     ``resume=True`` continues from the last checkpoint (a finished run returns at once).
     ``on_epoch(epoch, record)`` runs after each epoch's records are written; it may raise
@@ -136,6 +140,8 @@ def fit(
     main = context is None or context.is_main
     torch.manual_seed(config.seed)
     benchmark = load_benchmark(config, data_dir=data_dir, device=device)
+    if prepare_benchmark is not None:
+        prepare_benchmark(benchmark)
     train_counts = group_counts(
         benchmark.train.targets,
         benchmark.train.targets,
