@@ -146,6 +146,8 @@ def test_missing_files_offline_one_line(tmp_path: Path, monkeypatch, offline) ->
     assert "train-labels" not in text
     assert str(tmp_path / "mnist") in text
     assert "name resolution" in text
+    # It says how to point at a folder that holds the files.
+    assert "--data-dir" in text and "$ENDEBIAS_DATA" in text
     # Each mirror was tried, in the documented order, for the first missing file.
     assert offline[0].startswith(mnist.MIRRORS[0]) and offline[1].startswith(mnist.MIRRORS[1])
     assert not list((tmp_path / "mnist").glob("*.part"))

@@ -83,7 +83,9 @@ MNIST_FILES: dict[str, MnistFile] = {
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """The data root: the argument, else ``$ENDEBIAS_DATA``, else ``~/.cache/endebias``."""
+    """The data root: the argument (``--data-dir``), else ``$ENDEBIAS_DATA``, else the user
+    cache ``~/.cache/endebias``. This is the one lookup every command and dataset uses;
+    ``make demo`` adds none of its own (it may link a local copy into the cache)."""
     if data_dir is None:
         data_dir = os.environ.get(ENV_VAR) or DEFAULT_DATA_DIR
     return Path(data_dir).expanduser()
@@ -218,8 +220,8 @@ def _ensure_files(folder: Path, *, download: bool) -> dict[str, Path]:
     if missing:
         names = ", ".join(f"{MNIST_FILES[key].name}.gz" for key in missing)
         raise MnistMissingError(
-            f"MNIST files missing ({why}); put {names} (gzip'd or not) in {folder}"
-            f" or point ${ENV_VAR} at the folder that holds them"
+            f"MNIST files missing in {folder} ({why}): point --data-dir or ${ENV_VAR} at"
+            f" a folder that holds {names} (gzip'd or not), or put them in {folder}"
         )
     return {key: _find(folder, spec) for key, spec in MNIST_FILES.items()}  # type: ignore[misc]
 
