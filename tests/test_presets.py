@@ -60,10 +60,10 @@ def test_the_method_follows_from_its_options():
     assert infer_method({}) == "vanilla"
     assert infer_method({"alpha": 0.1, "beta": 0.1}) == "end"
     assert infer_method({"pairs": "reference"}) == "end"
-    assert infer_method({"q": 0.5}) == "lff"
+    assert infer_method({"step_size": 0.1}) == "groupdro"
     assert infer_method({"smoothing": 1.0}) == "biasbal"
-    with pytest.raises(ValueError, match="no method has all of the options alpha, q"):
-        infer_method({"alpha": 1.0, "q": 0.5})
+    with pytest.raises(ValueError, match="no method has all of the options alpha, smoothing"):
+        infer_method({"alpha": 1.0, "smoothing": 0.5})
 
 
 def test_official_local_command_trains_end(tmp_path, capsys):

@@ -93,6 +93,51 @@ def build_dataset(name: str, **options: Any) -> Benchmark:
     return dataset_builder(name)(**options)
 
 
+def default_model(name: str) -> str | None:
+    """The model a dataset declares it is made for (tabular: mlp), or None for the
+    presets' simple-conv; used when no model is given."""
+    return getattr(dataset_builder(name), "default_model", None)
+
+
+# Checks of a dataset's option values that need no data (a sweep checks its search space's
+# corners with them at create, before any agent loads data).
+_OPTION_CHECKS: dict[str, Callable[..., None]] = {}
+# Options the trainer passes itself, never a user's.
+TRAINER_OPTIONS = ("data_dir", "seed", "device")
+
+
+def register_option_check(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def decorator(check: Callable[..., None]) -> Callable[..., None]:
+        _OPTION_CHECKS[name] = check
+        return check
+
+    return decorator
+
+
+def dataset_option_names(name: str) -> list[str]:
+    """The options a user may set for a dataset: its builder's keyword arguments."""
+    import inspect
+
+    parameters = inspect.signature(dataset_builder(name)).parameters.values()
+    return [
+        p.name for p in parameters
+        if p.kind is p.KEYWORD_ONLY and p.name not in TRAINER_OPTIONS
+    ]
+
+
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Unknown option names, and the values a registered check refuses, without data."""
+    known = dataset_option_names(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r} has no option {unknown[0]!r}; its options: {', '.join(known)}"
+        )
+    check = _OPTION_CHECKS.get(name)
+    if check is not None:
+        check(**options)
+
+
 # Built-in benchmarks register themselves on import; they import the names above.
 from endebias.data import celeba, colored_mnist, image_folder, synthetic, tabular  # noqa: E402,F401
 from endebias.data.biased_mnist_protocol import biased_mnist  # noqa: E402,F401

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split, register_dataset, scale_uint8_images, split_sizes
+from endebias.data import (
+    Benchmark,
+    Split,
+    register_dataset,
+    register_option_check,
+    scale_uint8_images,
+    split_sizes,
+)
 from endebias.data.mnist import load_mnist, mnist_folder, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -217,6 +224,13 @@ def biased_mnist(
     return _make_split(
         mnist, split=split, rho=rho, n_confusing=n_confusing, seed=seed, validation=validation
     )
+
+
+@register_option_check("biased-mnist")
+def check_biased_mnist_options(
+    *, rho: float = 0.997, n_confusing: int = 9, validation: str = "official"
+) -> None:
+    _check_options("train", validation, rho=rho, n_confusing=n_confusing)
 
 
 @register_dataset("biased-mnist")

@@ -36,7 +36,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split, register_dataset, scale_uint8_images, split_sizes
+from endebias.data import (
+    Benchmark,
+    Split,
+    register_dataset,
+    register_option_check,
+    scale_uint8_images,
+    split_sizes,
+)
 from endebias.data.mnist import load_mnist, mnist_folder, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -135,6 +142,11 @@ def _valid_mask(n_train: int) -> Tensor:
     mask = torch.zeros(n_train, dtype=torch.bool)
     mask[order[: min(VALID_SIZE, n_train // 6)]] = True
     return mask
+
+
+@register_option_check("colored-mnist")
+def check_colored_mnist_options(*, sigma2: float = DEFAULT_SIGMA2) -> None:
+    _check_sigma2(sigma2)
 
 
 @register_dataset("colored-mnist")

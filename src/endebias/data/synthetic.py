@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split, register_dataset, scale_uint8_images
+from endebias.data import (
+    Benchmark,
+    Split,
+    register_dataset,
+    register_option_check,
+    scale_uint8_images,
+)
 
 _COLOURS = torch.tensor(
     [[255, 0, 0], [0, 255, 0], [0, 0, 255], [225, 225, 0], [225, 0, 225], [0, 255, 255]],
@@ -33,6 +39,18 @@ def _make_split(patterns: Tensor, size: int, rho: float, generator: torch.Genera
     return Split(rendered, targets, biases)
 
 
+@register_option_check("synthetic")
+def check_synthetic_options(*, rho: float = 0.99, num_classes: int = 4, **_sizes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
+        2 <= num_classes <= len(_COLOURS)
+    ):
+        raise ValueError(
+            f"num_classes must be an integer in 2..{len(_COLOURS)}, got {num_classes!r}"
+        )
+    if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be a number in [0, 1], got {rho!r}")
+
+
 @register_dataset("synthetic")
 def build_synthetic(
     *,
@@ -44,10 +62,7 @@ def build_synthetic(
     eval_size: int = 256,
     device: str | None = None,
 ) -> Benchmark:
-    if not 2 <= num_classes <= len(_COLOURS):
-        raise ValueError(f"num_classes must be in 2..{len(_COLOURS)}, got {num_classes}")
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    check_synthetic_options(rho=rho, num_classes=num_classes)
     # The class patterns are part of the benchmark's definition: fixed, whatever the seed.
     patterns = torch.rand(num_classes, 8, 8, generator=torch.Generator().manual_seed(1234)) < 0.5
     generator = torch.Generator().manual_seed(seed)

@@ -80,11 +80,14 @@ class SweepSpec:
     goal: str = "maximize"
     constants: dict[str, Any] = field(default_factory=dict)
 
-    def overrides(self, sampled: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        """(preset, make_config overrides) for the constants plus the sampled values."""
+    def overrides(
+        self, sampled: dict[str, Any], *, constants: bool = True
+    ) -> tuple[str | None, dict[str, Any]]:
+        """(preset, make_config overrides) for the constants plus the sampled values
+        (``constants=False``: the given values alone)."""
         overrides: dict[str, Any] = {}
         values = {
-            **{p.name: p.value for p in self.parameters.values() if not p.searched},
+            **{p.name: p.value for p in self.parameters.values() if constants and not p.searched},
             **sampled,
         }
         preset = values.pop("preset", "paper")
@@ -110,7 +113,10 @@ def place_parameters(spec: SweepSpec, fail: Fail) -> None:
     beta, rho), a dotted ``method_options.X``, or a declared option of the method/dataset."""
     fields = set(TrainConfig.__dataclass_fields__) - set(NESTED)
     try:
-        methods = {m: _method_options(m) for m in _possible(spec, "method", TrainConfig.method)}
+        # No method parameter: the method follows from its options (alpha and beta mean
+        # EnD, as in the official sweep files), so every method's options may be named.
+        possible_methods = _possible(spec, "method", None) or _all_methods()
+        methods = {m: _method_options(m) for m in possible_methods}
         datasets = {d: _dataset_options(d) for d in _possible(spec, "dataset", TrainConfig.dataset)}
     except ValueError as error:
         raise fail("parameters", str(error)) from None
@@ -149,27 +155,68 @@ def _dataset_options(name: str) -> set[str]:
     return set(inspect.signature(builder).parameters) - {"data_dir", "seed", "device"}
 
 
-def _possible(spec: SweepSpec, name: str, default: str) -> list[str]:
+def _possible(spec: SweepSpec, name: str, default: str | None) -> list[str]:
     parameter = spec.parameters.get(name)
-    return [str(v) for v in parameter.extremes()] if parameter else [default]
+    if parameter:
+        return [str(v) for v in parameter.extremes()]
+    return [default] if default is not None else []
+
+
+def _all_methods() -> list[str]:
+    from endebias.methods import method_names
+
+    return method_names()
+
+
+# Parameters that decide which other options exist; a culprit is looked for with these set.
+STRUCTURAL = ("preset", "dataset", "model", "method")
+
+
+def _refusal(spec: SweepSpec, values: dict[str, Any], *, constants: bool = True) -> str | None:
+    """Why a trial with these parameter values would be refused, or None. The config is
+    built and checked as a trial would (training.validation: method, model and dataset
+    options too), without loading any data."""
+    from endebias.training.validation import check_config  # torch: only at create
+
+    preset, overrides = spec.overrides(values, constants=constants)
+    try:
+        check_config(make_config(preset, **overrides))
+    except (ValueError, TypeError) as error:
+        return str(error)
+    return None
+
+
+def _culprit(spec: SweepSpec, values: dict[str, Any]) -> str:
+    """The parameter to blame for a refused combination: with the structural parameters as
+    given, the first parameter that is refused on its own (else the first searched one)."""
+    structure = {k: v for k, v in values.items() if k in STRUCTURAL}
+    for name in STRUCTURAL:
+        if name in structure and _refusal(spec, {name: structure[name]}, constants=False):
+            return name
+    for name, value in values.items():
+        if name not in STRUCTURAL and _refusal(
+            spec, {**structure, name: value}, constants=False
+        ):
+            return name
+    searched = [p.name for p in spec.parameters.values() if p.searched]
+    return (searched or list(values) or ["preset"])[0]
 
 
 def check_configs(spec: SweepSpec, fail: Fail) -> None:
-    """Build the config at every corner of the search space, so that a bad value (epochs: 0,
-    an unknown preset) fails now rather than at some later trial."""
+    """Build and check the config at every corner of the search space (each range's min and
+    max, every categorical value), so that a bad value (epochs: 0, rho: 1.5, an option the
+    method lacks, a negative alpha) fails at create, naming its key, rather than in a trial.
+    """
     searched = [p for p in spec.parameters.values() if p.searched]
+    constants = {p.name: p.value for p in spec.parameters.values() if not p.searched}
     low = {p.name: p.extremes()[0] for p in searched}
     tries = [low] + [{**low, p.name: v} for p in searched for v in p.extremes()[1:]]
     for sampled in tries:
-        preset, overrides = spec.overrides(sampled)
-        try:
-            make_config(preset, **overrides)
-        except (ValueError, TypeError) as error:
-            changed = (
-                [k for k in sampled if sampled[k] != low.get(k)] or list(sampled) or ["preset"]
-            )
-            raise fail(f"parameters.{changed[0]}", str(error)) from None
-    spec.constants = {p.name: p.value for p in spec.parameters.values() if not p.searched}
+        problem = _refusal(spec, sampled)
+        if problem is not None:
+            culprit = _culprit(spec, {**constants, **sampled})
+            raise fail(f"parameters.{culprit}", problem)
+    spec.constants = constants
 
 
 def grid_search_space(spec: SweepSpec) -> dict[str, list[Any]]:

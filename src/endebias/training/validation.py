@@ -1,0 +1,75 @@
+"""Check a training config without data: what a trial would refuse, found before it runs.
+
+A sweep checks the configs at the corners of its search space with this at create time, so
+that a range such as ``rho: {min: 0.5, max: 1.5}`` or an option the method lacks is
+refused in one line before any agent starts (not by each agent dying on a bad draw).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from endebias.data import check_dataset_options
+from endebias.methods import build_method
+from endebias.models import model_builder
+from endebias.training.config import TrainConfig
+
+
+class _StandInModel(nn.Module):
+    """The smallest model a method can wrap: a method's own option checks run on it."""
+
+    feature_layer = "features"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(inputs))
+
+    def reset_parameters(self) -> None:  # methods with a twin model (LfF) call this
+        self.fc.reset_parameters()
+
+
+def check_method_options(method: str, options: dict) -> None:
+    """Build the method around a stand-in model: unknown options and bad values (a negative
+    alpha, a string where a number goes) fail as they would in a trial."""
+    two = torch.tensor([0, 1, 0, 1])
+    try:
+        build_method(
+            method,
+            model=_StandInModel(),
+            num_targets=2,
+            num_biases=2,
+            train_targets=two,
+            train_biases=two.flip(0),
+            **options,
+        )
+    except TypeError as error:  # e.g. '<' between str and float: a value of the wrong type
+        raise ValueError(
+            f"method {method!r}: an option has a value of the wrong type ({error})"
+        ) from None
+
+
+def check_model_options(model: str, options: dict) -> None:
+    builder = model_builder(model)
+    known = [
+        name for name, p in inspect.signature(builder).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in ("num_classes", "input_shape")
+    ]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"model {model!r} has no option {unknown[0]!r}; its options: {', '.join(known)}"
+        )
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise ValueError naming the first option a run of ``config`` would refuse."""
+    check_dataset_options(config.dataset, config.dataset_options)
+    check_model_options(config.model, config.model_options)
+    check_method_options(config.method, config.method_options)
