@@ -1,5 +1,6 @@
 """The optional Weights & Biases mirror of sweep trials (`sweep agent --wandb PROJECT`),
-checked against a stand-in `wandb` module that records what it was asked to do."""
+checked against a stand-in `wandb` module that records what it was asked to do (fast;
+tests/test_trackers.py checks the real package offline)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class FakeRun:
         self.summary: dict = {}
         self.exit_code: int | None = None
 
-    def log(self, values: dict, step: int) -> None:
+    def log(self, values: dict, step: int, commit: bool = False) -> None:
+        assert commit  # a pending step would overwrite the best epoch's summary at finish
         self.logged.append((values, step))
 
     def finish(self, exit_code: int = 0) -> None:
@@ -59,7 +61,8 @@ def test_agent_mirrors_each_trial_to_wandb_offline(tmp_path, fake_wandb, capsys)
     assert [step for _, step in run.logged] == [1, 2]
     assert [values["valid_acc"] for values, _ in run.logged] == [r["valid_acc"] for r in history]
     best = max(history, key=lambda r: (r["valid_acc"], -r["epoch"]))
-    assert run.summary["best_valid_acc"] == best["valid_acc"] and run.summary["state"] == "COMPLETE"
+    assert run.summary["valid_acc"] == best["valid_acc"] and run.summary["state"] == "COMPLETE"
+    assert run.summary["epoch"] == best["epoch"]
     assert run.exit_code == 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from endebias.cli import sweep as cli_sweep
-from endebias.training import records
+from endebias.training import records, tracking
 
 log = logging.getLogger("endebias")
 
@@ -158,6 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
         print(f"run folder: {out}")
+    # Optional W&B / TensorBoard mirrors of the records (rank 0 only).
+    mirror = tracking.train_mirror(args, config=config.to_dict(), run_dir=out) if main else None
+    state = "FAIL"
     try:
         best = fit(
             config,
@@ -165,9 +168,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             resume=args.resume,
             progress=not args.no_progress,
+            on_epoch=mirror.on_epoch if mirror else None,
             echo=print,
         )
+        state = "COMPLETE"
     finally:
+        if mirror is not None:
+            mirror.finish(state=state)
         distributed.teardown()
     if main:
         print(summary_line(best))
@@ -196,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one run and print its best-by-valid result")
     add_train_options(train)
+    tracking.add_tracking_options(train)  # --wandb PROJECT, --tensorboard
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<config hash>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")

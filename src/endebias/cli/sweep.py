@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from endebias.training.tracking import add_tracking_options
+
 log = logging.getLogger("endebias")
 
 STORAGE_HELP = (
@@ -38,7 +40,9 @@ def cmd_sweep_create(args: argparse.Namespace) -> int:
 def cmd_sweep_agent(args: argparse.Namespace) -> int:
     from endebias.sweeps.agent import run_agent
     from endebias.sweeps.storage import default_storage
+    from endebias.training.tracking import require_trackers
 
+    require_trackers(wandb_project=args.wandb, tensorboard=args.tensorboard)
     try:
         result = run_agent(
             args.id,
@@ -50,6 +54,7 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
             agent_id=args.agent_id,
             progress=sys.stderr.isatty(),
             wandb_project=args.wandb,
+            tensorboard=args.tensorboard,
         )
     except KeyboardInterrupt:
         print(
@@ -139,12 +144,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="added to the file's optuna.seed for this "
         "agent's sampler (default: from host name and process id)",
     )
-    agent.add_argument(
-        "--wandb",
-        metavar="PROJECT",
-        help="also log each trial to Weights & Biases (offline unless WANDB_MODE is set; "
-        "needs pip install wandb); off by default",
-    )
+    add_tracking_options(agent)  # --wandb PROJECT, --tensorboard
     agent.set_defaults(handler=cmd_sweep_agent)
 
     res = commands.add_parser(

@@ -81,9 +81,11 @@ class Objective:
         data_dir: str | None,
         progress: bool,
         wandb_project: str | None = None,
+        tensorboard: bool = False,
     ) -> None:
         self.spec = spec
         self.wandb_project = wandb_project
+        self.tensorboard = tensorboard
         self.sweep_id = sweep_id
         self.runs_dir = runs_dir
         self.data_dir = data_dir
@@ -123,12 +125,12 @@ class Objective:
         reported: set[int] = set()
         self._report(trial, run_dir, reported)
 
-        tracker = self._tracker(trial, config.to_dict())
+        tracker = self._tracker(trial, config.to_dict(), run_dir)
 
         def on_epoch(epoch: int, record: dict[str, Any]) -> None:
             self._report(trial, run_dir, reported)
             if tracker is not None:
-                tracker.log(record)
+                tracker.on_epoch(epoch, record)
             if trial.number not in {t.number for t in _trials(trial.study, (TrialState.RUNNING,))}:
                 raise TrialTakenOver(f"trial {trial.number} was failed by another agent")
             if trial.should_prune():
@@ -157,22 +159,22 @@ class Objective:
             raise
         finally:
             if tracker is not None:
-                tracker.finish(run_dir, state=state)
+                tracker.finish(state=state)
         self._report(trial, run_dir, reported)
         return float(best["valid_acc"])
 
-    def _tracker(self, trial: optuna.Trial, config: dict[str, Any]):
-        """A W&B run mirroring this trial when the agent was asked for one (off by default)."""
-        if self.wandb_project is None:
-            return None
-        from endebias.training.tracking import WandbRun
+    def _tracker(self, trial: optuna.Trial, config: dict[str, Any], run_dir: Path):
+        """W&B and TensorBoard mirrors of this trial, when asked for (off by default)."""
+        from endebias.training.tracking import run_mirror
 
-        return WandbRun(
-            project=self.wandb_project,
-            name=f"{self.sweep_id}-{trial.number}",
-            group=self.sweep_id,
+        return run_mirror(
+            run_dir,
             config={**config, "trial": trial.number},
-            folder=self.runs_dir / self.sweep_id / "wandb",
+            name=f"{self.sweep_id}-{trial.number}",
+            wandb_project=self.wandb_project,
+            wandb_group=self.sweep_id,
+            wandb_dir=self.runs_dir / self.sweep_id,  # wandb adds its wandb/ folder
+            tensorboard=self.tensorboard,
         )
 
     def _check_not_surplus(self, trial: optuna.Trial) -> None:
@@ -229,6 +231,7 @@ def run_agent(
     agent_id: int | None = None,
     progress: bool = False,
     wandb_project: str | None = None,
+    tensorboard: bool = False,
 ) -> AgentResult:
     """Run trials of ``sweep_id`` until ``count`` are done or the sweep has its run cap."""
     from endebias.training.fit import NonFiniteLossError
@@ -255,6 +258,7 @@ def run_agent(
         data_dir=data_dir,
         progress=progress,
         wandb_project=wandb_project,
+        tensorboard=tensorboard,
     )
     if objective.cap is None and count is None:
         log.info("sweep %s has no run_cap: this agent runs until stopped (Ctrl-C)", sweep_id)
