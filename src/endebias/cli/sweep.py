@@ -42,6 +42,8 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
     from endebias.sweeps.storage import default_storage
     from endebias.training.tracking import require_trackers
 
+    if args.pack is not None and args.pack != 1:  # several trials as one packed model
+        return _packed_agent(args)
     require_trackers(wandb_project=args.wandb, tensorboard=args.tensorboard)
     try:
         result = run_agent(
@@ -64,6 +66,25 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
         )
         return 130
     # Failing every trial (bad data, a broken option) is an error; a NaN run among others not.
+    return 0 if result.complete or not result.failed else 1
+
+
+def _packed_agent(args: argparse.Namespace) -> int:
+    from endebias.sweeps.packed_agent import run_packed_agent
+    from endebias.sweeps.storage import default_storage
+
+    if args.wandb or getattr(args, "tensorboard", False):
+        raise ValueError("--pack does not mirror trials to a tracker; drop --pack or the tracker")
+    try:
+        result = run_packed_agent(
+            args.id, pack=args.pack, storage=args.storage or default_storage(args.runs),
+            runs_dir=args.runs, count=args.count, prune=args.prune, data_dir=args.data_dir,
+            agent_id=args.agent_id,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: the packed trials are back in the queue; the next agent resumes "
+              "their run folders from their last finished epoch", file=sys.stderr)
+        return 130
     return 0 if result.complete or not result.failed else 1
 
 
@@ -145,6 +166,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "agent's sampler (default: from host name and process id)",
     )
     add_tracking_options(agent)  # --wandb PROJECT, --tensorboard
+    agent.add_argument(
+        "--pack",
+        type=int,
+        metavar="K",
+        help="train K trials at once as one packed model sharing every batch (SimpleConvNet "
+        "with vanilla or EnD; see docs/sweeps.md); default 1, one trial at a time",
+    )
     agent.set_defaults(handler=cmd_sweep_agent)
 
     res = commands.add_parser(
