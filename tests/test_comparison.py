@@ -52,7 +52,7 @@ def test_cells_hold_the_seeds_of_one_setting(table_runs):
     cells, unfinished = comparison.group_runs(comparison.find_runs([table_runs]))
     assert unfinished == 1  # the lff run has no done marker
     assert [(c.label, c.rho, c.seeds) for c in cells] == [
-        ("vanilla", 0.997, [1, 2]), ("end alpha=1 beta=1", 0.997, [1, 2, 3]),
+        ("vanilla [EnD model]", 0.997, [1, 2]), ("end alpha=1 beta=1", 0.997, [1, 2, 3]),
         ("groupdro", 0.99, [1]),
     ]
     end = cells[1]
@@ -93,7 +93,7 @@ def test_markdown_table_shows_ours_and_the_paper_apart(table_runs, capsys):
 def test_csv_and_json_carry_the_same_numbers(table_runs, capsys):
     assert main(["results", "--by-method", str(table_runs), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    vanilla = next(r for r in rows if r["method"] == "vanilla")
+    vanilla = next(r for r in rows if r["method"] == "vanilla [EnD model]")
     assert vanilla["seeds"] == [1, 2] and vanilla["unbiased_mean"] == pytest.approx(11.0)
     assert vanilla["unbiased_std"] == pytest.approx(1.0) and vanilla["paper_unbiased"] == 33.4
     assert main(["results", "--by-method", str(table_runs), "--format", "csv"]) == 0
@@ -130,3 +130,23 @@ def test_best_setting_rejects_an_empty_sweep_and_the_wrong_method():
         comparison.best_setting([_row("0", valid=0.5, state="FAIL")])
     with pytest.raises(ValueError, match="'lff', not 'groupdro'"):
         comparison.best_setting([_row("0", valid=0.5, method="lff")], method="groupdro")
+
+
+def test_vanilla_rows_say_which_simple_conv_they_trained(tmp_path):
+    """Table 1's vanilla is ReBias's model (classifier on the raw pooled features); the
+    official EnD code's vanilla normalises them. The two are separate, labelled rows."""
+    folder = tmp_path / "vanillas"
+    write_run(folder, "official", method="vanilla", rho=0.997, seed=1, unbiased=0.12)
+    rebias = write_run(folder, "rebias", method="vanilla", rho=0.997, seed=1, unbiased=0.30)
+    config = records.read_json(rebias / records.CONFIG)
+    config["model_options"] = {"normalize_features": False}
+    records.atomic_write_json(rebias / records.CONFIG, config)
+    tabular = write_run(folder, "mlp", method="vanilla", rho=0.997, seed=2, unbiased=0.5)
+    config = records.read_json(tabular / records.CONFIG)
+    config["model"] = "mlp"
+    records.atomic_write_json(tabular / records.CONFIG, config)
+    cells, _ = comparison.group_runs(comparison.find_runs([folder]))
+    assert sorted(c.label for c in cells) == [
+        "vanilla", "vanilla [EnD model]", "vanilla [ReBias model]",
+    ]
+    assert comparison.model_variant({"method": "end"}) == "EnD model"

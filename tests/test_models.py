@@ -40,6 +40,32 @@ def test_features_are_unit_norm_and_logits_have_the_class_count():
     assert model.feature_layer == "pattern_norm"
 
 
+def test_rebias_variant_classifies_the_raw_pooled_features():
+    """normalize_features=False: logits = fc(pooled), EnD's layer still unit-norm; the same
+    weights give fc(pooled / ||pooled||) by default. Checked against a hand-made forward."""
+    torch.manual_seed(0)
+    official = SimpleConvNet(channels=(8, 16), kernel_size=3).eval()
+    rebias = SimpleConvNet(channels=(8, 16), kernel_size=3, normalize_features=False).eval()
+    rebias.load_state_dict(official.state_dict())  # same parameters: only the wiring differs
+    images = torch.randn(4, 3, 28, 28)
+    pooled = official.blocks(images).mean(dim=(2, 3))
+    captured = {}
+    rebias.pattern_norm.register_forward_hook(lambda m, i, o: captured.setdefault("z", o))
+    assert torch.allclose(rebias(images), rebias.fc(pooled), atol=1e-5)
+    unit = pooled / pooled.norm(dim=1, keepdim=True)
+    assert torch.allclose(official(images), official.fc(unit), atol=1e-5)
+    assert torch.allclose(captured["z"], unit, atol=1e-5)
+    assert not torch.allclose(rebias(images), official(images), atol=1e-3)
+
+
+def test_the_variant_is_a_model_option_and_is_validated():
+    model = build_model("simple-conv", num_classes=10, input_shape=(3, 28, 28),
+                        normalize_features=False)
+    assert model.normalize_features is False
+    with pytest.raises(ValueError, match="normalize_features must be true or false"):
+        SimpleConvNet(normalize_features="no")
+
+
 def test_registry_errors_name_the_model():
     assert "simple-conv" in model_names()
     with pytest.raises(ValueError, match="unknown model 'nope'"):

@@ -3,6 +3,11 @@
 Four blocks of [conv -> BatchNorm -> activation] with 16/32/64/128 channels, the last
 activation Tanh, then global average pooling, L2 normalisation and a linear classifier.
 EnD reads the normalised pooled features (layer ``pattern_norm``).
+
+Two variants exist in the literature. The official EnD model feeds the classifier the
+normalised features (the default here). ReBias's SimpleConvNet, whose vanilla result the
+EnD paper's Table 1 quotes, feeds it the raw pooled features: ``normalize_features=False``.
+EnD still reads the normalised features (``pattern_norm``) in that variant.
 """
 
 from __future__ import annotations
@@ -26,10 +31,18 @@ class SimpleConvNet(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128),
         kernel_size: int = 7,
         pool_after: Sequence[int] = (),
+        normalize_features: bool = True,
     ) -> None:
         """``pool_after`` lists the blocks followed by a 2x2 max-pool: none in the paper's
-        model; the quick preset pools early to cut the cost of the later blocks 16-fold."""
+        model; the quick preset pools early to cut the cost of the later blocks 16-fold.
+        ``normalize_features=False`` is ReBias's variant: the classifier reads the pooled
+        features before L2 normalisation."""
         super().__init__()
+        if not isinstance(normalize_features, bool):
+            raise ValueError(
+                f"normalize_features must be true or false, got {normalize_features!r}"
+            )
+        self.normalize_features = normalize_features
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep the image size, got {kernel_size}")
         layers: list[nn.Module] = []
@@ -58,8 +71,9 @@ class SimpleConvNet(nn.Module):
         init_conv_and_norm(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.pattern_norm(self.flatten(self.pool(self.blocks(x))))
-        return self.fc(features)
+        pooled = self.flatten(self.pool(self.blocks(x)))
+        normalised = self.pattern_norm(pooled)  # EnD's layer in both variants
+        return self.fc(normalised if self.normalize_features else pooled)
 
 
 @register_model("simple-conv")
@@ -70,6 +84,7 @@ def build_simple_conv(
     channels: Sequence[int] = (16, 32, 64, 128),
     kernel_size: int = 7,
     pool_after: Sequence[int] = (),
+    normalize_features: bool = True,
 ) -> SimpleConvNet:
     return SimpleConvNet(
         num_classes=num_classes,
@@ -77,4 +92,5 @@ def build_simple_conv(
         channels=tuple(channels),
         kernel_size=kernel_size,
         pool_after=tuple(pool_after),
+        normalize_features=normalize_features,
     )

@@ -45,11 +45,13 @@ class Cell:
     options: dict[str, Any]
     rho: float | None
     runs: list[Run] = field(default_factory=list)
+    # Which network, where two variants of one are compared (model_variant).
+    variant: str = ""
 
     @property
     def label(self) -> str:
         options = [f"{k}={_short(v)}" for k, v in sorted(self.options.items())]
-        return " ".join([self.method, *options])
+        return " ".join([self.method, *options, *([f"[{self.variant}]"] if self.variant else [])])
 
     @property
     def seeds(self) -> list[int]:
@@ -66,6 +68,16 @@ class Cell:
                    if (seconds := [e["train_seconds"] for e in run.history
                                    if e.get("train_seconds") is not None])]
         return mean_std(per_run)
+
+
+def model_variant(config: dict[str, Any]) -> str:
+    """``ReBias model`` for SimpleConvNet with the classifier on the raw pooled features
+    (the model behind Table 1's vanilla row), ``EnD model`` for the official EnD one (the
+    classifier on the normalised features), ``""`` for any other model."""
+    if config.get("model", "simple-conv") != "simple-conv":
+        return ""
+    normalised = config.get("model_options", {}).get("normalize_features", True)
+    return "EnD model" if normalised else "ReBias model"
 
 
 def _short(value: Any) -> str:
@@ -113,7 +125,8 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
         if key not in cells:
             rho = run.config.get("dataset_options", {}).get("rho")
             cells[key] = Cell(run.config.get("method", "?"), run.config.get("method_options", {}),
-                              None if rho is None else float(rho))
+                              None if rho is None else float(rho),
+                              variant=_variant_if_vanilla(run.config))
         cells[key].runs.append(run)
     def position(cell: Cell) -> tuple[float, int, str]:
         rho = -(cell.rho if cell.rho is not None else math.inf)
@@ -121,6 +134,12 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
         return rho, known.index(cell.method) if cell.method in known else len(known), cell.label
 
     return sorted(cells.values(), key=position), unfinished
+
+
+def _variant_if_vanilla(config: dict[str, Any]) -> str:
+    """Vanilla rows say which SimpleConvNet they trained: Table 1's vanilla is ReBias's
+    model, the official EnD code's vanilla normalises the features."""
+    return model_variant(config) if config.get("method") == "vanilla" else ""
 
 
 def _pm(pair: tuple[float, float | None] | None, digits: int = 2) -> str:
