@@ -31,7 +31,6 @@ from endebias.sweeps.agent import (
     TrialTakenOver,
     _trials,
     suggest,
-    work_left,
 )
 from endebias.sweeps.search_space import SweepSpec
 from endebias.training import records
@@ -60,6 +59,14 @@ def check_sweep_packs(spec: SweepSpec) -> None:
     for combo in itertools.product(*choices):
         preset, overrides = spec.overrides(dict(zip(names, combo, strict=True)))
         check_packable(make_config(preset, **overrides))
+
+
+def _work_left(study: optuna.Study, cap: int | None) -> bool:
+    """A re-queued trial is always work; otherwise finished or running trials count."""
+    if _trials(study, (TrialState.WAITING,)):
+        return True
+    return cap is None or len(_trials(study, (TrialState.COMPLETE, TrialState.PRUNED,
+                                              TrialState.RUNNING))) < cap
 
 
 def _room(study: optuna.Study, cap: int | None) -> int | None:
@@ -105,7 +112,7 @@ def run_packed_agent(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # re-queue the trials of killed agents
-        if not work_left(study, objective.cap):
+        if not _work_left(study, objective.cap):
             break
         room = [pack, _room(study, objective.cap), None if count is None else count - result.trials]
         wanted = min(r for r in room if r is not None)
