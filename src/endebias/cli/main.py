@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -114,6 +115,11 @@ def config_from_args(args: argparse.Namespace):
         "method": args.method,
         "device": args.device,
     }
+    if args.model is None:  # the dataset's own model, if it declares one (tabular: mlp)
+        from endebias.data import default_model
+
+        if default_model(args.dataset) is not None:
+            overrides["model"] = default_model(args.dataset)
     for name in (
         "model",
         "epochs",
@@ -154,6 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         else Path("runs")
         / (f"{config.dataset}-{config.method}-{records.config_hash(config.to_dict())}")
     )
+    if args.resume and not out.is_file() and not (out / records.CONFIG).is_file():
+        raise ValueError(f"nothing to resume in {out}")
     # Under torchrun every process runs this; only rank 0 talks.
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
@@ -223,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(error: OSError) -> str:
+    """``PATH: reason`` for an OSError from the system; our own ones carry their message."""
+    if error.filename is None or not error.strerror:
+        return str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device while writing {error.filename}"
+    return f"{error.filename}: {error.strerror.lower()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -235,7 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished epochs are saved; rerun with --resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except OSError as error:
+        # The file system refused (disk full, permission denied, a file where a folder
+        # belongs): one line naming the path; finished epochs are kept.
+        if args.verbose:
+            raise
+        print(f"endebias: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as error:
         # Expected failures (bad options, missing or corrupt data, a non-finite loss): one
         # line naming the culprit, no traceback. -v shows the traceback.
         if args.verbose:

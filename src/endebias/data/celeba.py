@@ -227,3 +227,7 @@ def build_celeba(
         info={"target": target, "bias": BIAS, "image_size": image_size, "folder": str(folder),
               "seed": seed, "train_size": train_size},
     )
+
+
+# The EnD paper's CelebA model (ResNet-18 with the Tanh'd, normalised pooled features).
+build_celeba.default_model = "resnet18"  # type: ignore[attr-defined]

@@ -177,3 +177,7 @@ def build_image_folder(
         info={"csv": str(table.path), "folder": str(folder), "target": target, "bias": bias,
               "split": split, "image_size": image_size, "seed": seed},
     )
+
+
+# Images at image_size: the model this benchmark is made for (see the module text).
+build_image_folder.default_model = "resnet18"  # type: ignore[attr-defined]

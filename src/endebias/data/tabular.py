@@ -193,6 +193,9 @@ def build_tabular(
     ``data_dir`` when it is not found as given."""
     if unknown:
         raise ValueError(f"tabular: unknown option(s) {', '.join(sorted(unknown))}")
+    if not isinstance(target, str | None) or not isinstance(bias, str | None):
+        raise ValueError(f"tabular: target and bias must be column names, got {target!r}, "
+                         f"{bias!r}")
     if path is None or target is None or bias is None:
         raise ValueError(
             "tabular needs the options path=<csv file>, target=<column>, bias=<column>"
@@ -203,6 +206,14 @@ def build_tabular(
     if not csv_path.is_file() and data_dir is not None and not csv_path.is_absolute():
         csv_path = Path(data_dir).expanduser() / csv_path
     table = read_table(csv_path)
+    # The two named columns first: a misspelling is named, with the columns listed.
+    table.column(target, "target")
+    table.column(bias, "bias")
+    if target == bias:
+        raise ValueError(
+            f"{csv_path}: target and bias are the same column {target!r}; the bias must be "
+            f"another column (columns: {', '.join(table.columns)})"
+        )
     feature_names, values = _features(table, features, target, bias)  # fail early on bad cells
     generator = torch.Generator().manual_seed(seed)
     pools = _pools(len(table), valid_fraction, test_fraction, generator)
@@ -261,3 +272,7 @@ def build_tabular(
               "features": feature_names, "bias_cuts": cuts, "seed": seed,
               "feature_mean": mean.tolist(), "feature_std": std.tolist()},
     )
+
+
+# A table's rows are feature vectors: the image models cannot take them.
+build_tabular.default_model = "mlp"  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from endebias.option_types import check_options, option_hints
 from endebias.registry import Registry
 
 
@@ -75,10 +76,10 @@ def build_method(
     **hyperparameters: Any,
 ) -> Method:
     cls = method_class(name)
-    unknown = sorted(set(hyperparameters) - set(cls.defaults))
-    if unknown:
-        known = ", ".join(sorted(cls.defaults)) or "none"
-        raise ValueError(f"method {name!r} has no option {unknown[0]!r}; its options: {known}")
+    # The options are the class's defaults, typed by its constructor's hints.
+    hints = option_hints(cls)
+    hints = {key: hints.get(key, Any) for key in sorted(cls.defaults)}
+    check_options("method", name, hyperparameters, hints)
     options = {**cls.defaults, **hyperparameters}
     return cls(
         model,

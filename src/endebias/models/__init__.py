@@ -11,15 +11,16 @@ from typing import Any
 
 from torch import nn
 
+from endebias.option_types import check_options, option_hints
 from endebias.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
 _MODELS: Registry[ModelBuilder] = Registry("model")
 register_model = _MODELS.register
 model_names = _MODELS.names
-
 # The registered builder (its keyword arguments are the model's options).
 model_builder = _MODELS.get
+
 
 def init_conv_and_norm(model: nn.Module) -> None:
     """The initialisation SimpleConvNet and torchvision's ResNet share: convolutions
@@ -36,6 +37,10 @@ def build_model(
     name: str, *, num_classes: int, input_shape: tuple[int, ...], **options: Any
 ) -> nn.Module:
     builder = _MODELS.get(name)
+    # An unknown or ill-typed option is one line listing the model's options, not a
+    # TypeError from inside a layer's constructor.
+    hints = option_hints(builder, skip=("num_classes", "input_shape"))
+    check_options("model", name, options, hints, reserved=("num_classes", "input_shape"))
     return builder(num_classes=num_classes, input_shape=input_shape, **options)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        # inf and NaN pass comparisons such as lr > 0 (or fail them with a misleading
+        # message): every number must be finite, options' numbers included.
+        for name in ("lr", "weight_decay", "lr_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for name in ("dataset_options", "model_options", "method_options"):
+            _check_finite(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.weight_decay < 0 or not 0 < self.lr_gamma <= 1:
@@ -86,6 +97,18 @@ class TrainConfig:
                 f"unknown training option {unknown[0]!r}; known: {', '.join(sorted(known))}"
             )
         return cls(**values)
+
+
+def _check_finite(name: str, value: Any) -> None:
+    """No inf or NaN anywhere in an option value (lists and mappings included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must hold finite numbers, got {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(f"{name}.{key}" if name.endswith("options") else name, item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_finite(name, item)
 
 
 # The paper's protocol, DESIGN.md section 3, exactly.

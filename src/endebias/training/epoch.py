@@ -3,7 +3,6 @@ that ``endebias.training.fit.fit`` strings together (and that benchmarks time on
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 from endebias.data import Benchmark, Split
 from endebias.methods import Method
 from endebias.metrics import group_counts, group_metrics
-from endebias.training import distributed
+from endebias.training import distributed, records
 from endebias.training.config import TrainConfig
 from endebias.training.distributed import DistContext
 from endebias.training.fastpath import FastPath
@@ -144,7 +143,8 @@ def save_features(
     method: Method, benchmark: Benchmark, run_dir: Path, epoch: int, count: int
 ) -> None:
     """Write the feature-layer outputs of a fixed test subset as ``features/epoch_NNN.npy``
-    (numpy, so plots read them without torch), with ``features/labels.npz`` once."""
+    (numpy, so plots read them without torch), with ``features/labels.npz``; both written
+    atomically, and a damaged ``labels.npz`` is written again."""
     import numpy as np
 
     from endebias.hooks import capture_features
@@ -159,9 +159,25 @@ def save_features(
     with capture_features(method.model, layer) as captured:
         method(benchmark.prepare(split.inputs))
     features = captured.get().reshape(len(split), -1).float().cpu().numpy()
+    targets, biases = split.targets.cpu().numpy(), split.biases.cpu().numpy()
     labels = folder / "labels.npz"
-    if not labels.exists():
-        np.savez(labels, targets=split.targets.cpu().numpy(), biases=split.biases.cpu().numpy())
-    tmp = folder / f".epoch_{epoch:03d}.npy"
-    np.save(tmp, features)
-    os.replace(tmp, folder / f"epoch_{epoch:03d}.npy")
+    if not _labels_match(labels, targets, biases):  # missing, damaged or stale: rewrite
+        records.atomic_write(
+            labels, lambda handle: np.savez(handle, targets=targets, biases=biases)
+        )
+    records.atomic_write(
+        folder / f"epoch_{epoch:03d}.npy", lambda handle: np.save(handle, features)
+    )
+
+
+def _labels_match(path: Path, targets: Any, biases: Any) -> bool:
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path) as saved:
+            return bool(np.array_equal(saved["targets"], targets)
+                        and np.array_equal(saved["biases"], biases))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False

@@ -1,39 +1,42 @@
 """The fit/evaluate loop. It knows nothing about a specific method or dataset: it sees a
 :class:`~endebias.data.Benchmark`, a model from the registry and a
 :class:`~endebias.methods.Method`, and writes the run's records.
+
+A run goes through four steps, each a function below:
+
+1. **claim** the run folder (an exclusive lock, before anything else) and read what it
+   already holds;
+2. **prepare** everything (data, model, method, optimiser) and check it with one forward
+   pass, before the folder becomes a run, so a failed start leaves nothing behind;
+3. **resume** from the latest good checkpoint, if asked;
+4. **loop** over epochs, writing records and a checkpoint after each, then **finish**.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import math
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from endebias.data import Benchmark, build_dataset
-from endebias.methods import build_method
-from endebias.metrics import aligned_groups, group_counts
-from endebias.models import build_model
+from endebias.data import Benchmark, build_dataset, dataset_builder
+from endebias.option_types import check_options, option_hints
 from endebias.training import distributed, records
+from endebias.training.checkpoint import load_checkpoint, save_checkpoint
 from endebias.training.config import TrainConfig
-from endebias.training.epoch import (
-    NonFiniteLossError,
-    StepRunner,
-    evaluate,
-    random_subset,
-    save_features,
-    train_epoch,
-)
-from endebias.training.fastpath import FastPath
+from endebias.training.epoch import NonFiniteLossError, evaluate, random_subset, train_epoch
+from endebias.training.prepared import PreparedRun, prepare
+from endebias.training.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
+# Dataset builder arguments the trainer passes itself.
+TRAINER_DATASET_OPTIONS = ("data_dir", "seed", "device")
 
 
 class RunAlreadyExistsError(RuntimeError):
@@ -49,6 +52,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.device) -> Benchmark:
+    builder = dataset_builder(config.dataset)
+    hints = option_hints(builder, skip=TRAINER_DATASET_OPTIONS)
+    check_options(
+        "dataset", config.dataset, config.dataset_options, hints, reserved=TRAINER_DATASET_OPTIONS
+    )
     benchmark = build_dataset(
         config.dataset, data_dir=data_dir, seed=config.seed, **config.dataset_options
     )
@@ -62,12 +70,6 @@ def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.d
     benchmark.train = benchmark.train.to(device)
     benchmark.evaluations = {name: s.to(device) for name, s in benchmark.evaluations.items()}
     return benchmark
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,6 +95,99 @@ def format_epoch(record: dict[str, Any], evaluation_names: list[str]) -> str:
     return line
 
 
+def existing_run(config: TrainConfig, run_dir: Path, *, resume: bool) -> dict[str, Any] | None:
+    """Step 1: what the folder holds. None for a new run or one to continue; the best
+    record of a finished run; an error for another run, or this run without ``resume``."""
+    config_path = run_dir / records.CONFIG
+    if not config_path.exists():
+        return None
+    if records.read_json(config_path) != config.to_dict():
+        raise RunAlreadyExistsError(
+            f"{run_dir} holds a run with another config; choose another --out folder"
+        )
+    if not resume:
+        raise RunAlreadyExistsError(
+            f"{run_dir} already holds this run; pass --resume to continue it"
+        )
+    if (run_dir / records.DONE).exists():
+        return records.read_json_object(run_dir / records.BEST)
+    return None
+
+
+def restore(run: PreparedRun) -> list[dict[str, Any]]:
+    """Step 3: load the latest good checkpoint into the prepared run; its epoch history."""
+    state = load_checkpoint(run.run_dir)
+    if state is None:
+        if records.read_metrics(run.run_dir):
+            # Starting over would overwrite finished epochs that no checkpoint can restore.
+            raise ValueError(f"{run.run_dir} has finished epochs on record but no checkpoint; "
+                             f"--resume refuses (move the folder away to train the run again)")
+        return []
+    run.method.load_state_dict(state["method"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    log.info("resuming %s after epoch %d", run.run_dir, len(state["history"]))
+    return list(state["history"])
+
+
+def run_epoch(run: PreparedRun, epoch: int, *, progress: bool) -> dict[str, Any]:
+    """Train one epoch and evaluate every split: the epoch's record. A non-finite loss or
+    metric raises :class:`NonFiniteLossError` (nothing of the epoch is kept)."""
+    config = run.config
+    started = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]
+    train_stats = train_epoch(
+        run.method, run.optimizer, run.benchmark, config, epoch, progress, run.runner
+    )
+    run.scheduler.step()
+    record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    record.update({f"train_{k}": v for k, v in train_stats.items()})
+    record["train_seconds"] = time.perf_counter() - started
+    for name, split in run.evaluations.items():
+        metrics = evaluate(
+            run.method, run.benchmark, split, batch_size=config.eval_batch_size,
+            aligned=run.aligned, fast=run.fast, reduce_counts=run.reduce_counts,
+        )
+        record.update({f"{name}_{k}": v for k, v in metrics.items()})
+    record["seconds"] = time.perf_counter() - started
+    # A loss can stay finite per step and overflow in the epoch's sums (alpha = 1e38).
+    # Accuracies of an empty group are NaN by design (metrics.py), so only the training
+    # losses and the model-selection accuracy count.
+    for key, value in record.items():
+        watched = key.startswith("train_") or key == "valid_acc"
+        if watched and isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteLossError(f"non-finite {key} ({value}) at epoch {epoch}")
+    return records.json_safe(record)
+
+
+def save_epoch(run: PreparedRun, lock: RunLock, history: list[dict[str, Any]]) -> None:
+    """The checkpoint first, then the records rewritten from its history, so the records
+    always match weights on disk; every write checks the run is still this process's."""
+    from endebias.training.epoch import save_features
+
+    lock.check()
+    if run.config.save_features:
+        save_features(
+            run.method, run.benchmark, run.run_dir, len(history), run.config.save_features
+        )
+    state = {
+        "history": history,
+        "method": run.method.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+    if run.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    save_checkpoint(run.run_dir / records.CHECKPOINT, state)
+    lock.check()
+    records.write_metrics(run.run_dir, history)
+    records.atomic_write_json(run.run_dir / records.BEST, _best(history))
+
+
 def fit(
     config: TrainConfig,
     run_dir: str | Path,
@@ -102,167 +197,82 @@ def fit(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     echo: Callable[[str], None] | None = None,
-    prepare_benchmark: Callable[[Benchmark], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its best-by-valid record.
 
-    ``prepare_benchmark(benchmark)``, if given, may change the loaded benchmark in place
-    before anything is built from it (pseudo bias labels replace the training ones).
-
-    ``resume=True`` continues from the last checkpoint (a finished run returns at once).
-    ``on_epoch(epoch, record)`` runs after each epoch's records are written; it may raise
-    to stop the run (sweeps prune this way).
+    ``resume=True`` continues from the last checkpoint (a finished run returns at once; a
+    folder without a run starts one). ``on_epoch(epoch, record)`` runs after each epoch's
+    records are written; it may raise to stop the run (sweeps prune this way).
 
     Launched by ``torchrun`` with several processes, this joins their process group (see
     :mod:`endebias.training.distributed`; the caller may tear it down after): one run over the
-    global batch, records and checkpoints written by rank 0 only, ``on_epoch`` and
-    ``echo`` called on rank 0 only.
+    global batch, records and checkpoints written (and the folder locked) by rank 0 only,
+    ``on_epoch`` and ``echo`` called on rank 0 only.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / records.CONFIG
-    checkpoint_path = run_dir / records.CHECKPOINT
-    if config_path.exists():
-        recorded = records.read_json(config_path)
-        if recorded != config.to_dict():
-            raise RunAlreadyExistsError(
-                f"{run_dir} holds a run with another config; choose another --out folder"
-            )
-        if not resume:
-            raise RunAlreadyExistsError(
-                f"{run_dir} already holds this run; pass --resume to continue it"
-            )
-        if (run_dir / records.DONE).exists():
-            return records.read_json(run_dir / records.BEST)
-
     device = resolve_device(config.device)
     context, _ = distributed.setup(device.type)
-    device = distributed.local_device(device, context)
     main = context is None or context.is_main
-    torch.manual_seed(config.seed)
-    benchmark = load_benchmark(config, data_dir=data_dir, device=device)
-    if prepare_benchmark is not None:
-        prepare_benchmark(benchmark)
-    train_counts = group_counts(
-        benchmark.train.targets,
-        benchmark.train.targets,
-        benchmark.train.biases,
-        num_targets=benchmark.num_targets,
-        num_biases=benchmark.num_biases,
-    )[0]
-    aligned = benchmark.aligned if benchmark.aligned is not None else aligned_groups(train_counts)
-    aligned = aligned.to(train_counts.device)
-
-    torch.manual_seed(config.seed)
-    model = build_model(
-        config.model,
-        num_classes=benchmark.num_targets,
-        input_shape=benchmark.input_shape,
-        **config.model_options,
-    )
-    method = build_method(
-        config.method,
-        model=model,
-        num_targets=benchmark.num_targets,
-        num_biases=benchmark.num_biases,
-        train_targets=benchmark.train.targets,
-        train_biases=benchmark.train.biases,
-        **config.method_options,
-    ).to(device)
-    distributed.prepare_method(method, context, device)
-    fast = FastPath.resolve(
-        device, amp=config.amp, compile=config.compile, channels_last=config.channels_last
-    )
-    fast.apply(method)
-    if device.type == "cuda":
-        # Fixed batch shapes: cuDNN times its kernels once per shape and keeps the fastest.
-        torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.Adam(
-        method.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-        fused=True if device.type == "cuda" else None,  # one kernel for the whole update
-    )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, gamma=config.lr_gamma)
-    # Only now, with every option checked, does the folder become a run; every process
-    # has checked it above before rank 0 writes.
-    distributed.barrier(context)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        records.atomic_write_json(config_path, config.to_dict())
-        (run_dir / records.ERROR).unlink(missing_ok=True)
-
-    history: list[dict[str, Any]] = []
-    if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = state["history"]
-        log.info("resuming %s after epoch %d", run_dir, len(history))
-
-    runner = StepRunner(distributed.wrap_step(method, context, device), fast, context)
-    # Each process evaluates its share of every split; the counts are summed.
-    evaluations = {
-        name: distributed.shard_split(split, context)
-        for name, split in benchmark.evaluations.items()
-    }
-    reduce_counts = partial(distributed.sum_over_ranks, context=context) if context else None
-    progress = progress and main
-    if main:
-        log.info("device %s, fast path: %s", device, fast.describe())
-    names = list(benchmark.evaluations)
+    lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
     try:
-        for epoch in range(len(history) + 1, config.epochs + 1):
-            started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            train_stats = train_epoch(
-                method, optimizer, benchmark, config, epoch, progress, runner
-            )
-            scheduler.step()
-            record: dict[str, Any] = {"epoch": epoch, "lr": lr}
-            record.update({f"train_{k}": v for k, v in train_stats.items()})
-            record["train_seconds"] = time.perf_counter() - started
-            for name, split in evaluations.items():
-                metrics = evaluate(
-                    method, benchmark, split, batch_size=config.eval_batch_size,
-                    aligned=aligned, fast=fast, reduce_counts=reduce_counts,
-                )
-                record.update({f"{name}_{k}": v for k, v in metrics.items()})
-            record["seconds"] = time.perf_counter() - started
-            history.append(records.json_safe(record))
+        finished = existing_run(config, run_dir, resume=resume)
+        if finished is not None:
+            return finished
+        try:
+            run = prepare(config, run_dir, data_dir=data_dir, device=device, context=context)
+        except BaseException:
+            lock.abandon()  # a failed start leaves no run folder behind
+            raise
+        if main:
+            lock.check()
+            records.atomic_write_json(run_dir / records.CONFIG, config.to_dict())
+            (run_dir / records.ERROR).unlink(missing_ok=True)
+        history = restore(run) if resume else []
+        return _loop(run, lock, history, main=main, progress=progress and main,
+                     on_epoch=on_epoch, echo=echo)
+    finally:
+        lock.release()
+
+
+def _loop(
+    run: PreparedRun,
+    lock: RunLock,
+    history: list[dict[str, Any]],
+    *,
+    main: bool,
+    progress: bool,
+    on_epoch: EpochCallback | None,
+    echo: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Step 4: the epochs still to run, then the ``done`` marker."""
+    if main:
+        log.info("device %s, fast path: %s", run.device, run.fast.describe())
+    names = list(run.benchmark.evaluations)
+    try:
+        for epoch in range(len(history) + 1, run.config.epochs + 1):
+            record = run_epoch(run, epoch, progress=progress)
+            history.append(record)
             if not main:
                 continue
-            if config.save_features:
-                save_features(method, benchmark, run_dir, epoch, config.save_features)
-            # The checkpoint carries the history, so the records rewritten from it after a
-            # kill always match the weights they describe.
-            _save_checkpoint(
-                checkpoint_path,
-                {
-                    "history": history,
-                    "method": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                },
-            )
-            records.write_metrics(run_dir, history)
-            records.atomic_write_json(run_dir / records.BEST, _best(history))
+            save_epoch(run, lock, history)
             if echo is not None:
                 echo(format_epoch(record, names))
             if on_epoch is not None:
                 on_epoch(epoch, record)
     except NonFiniteLossError as error:
         if main:
+            lock.check()
             records.atomic_write_json(
-                run_dir / records.ERROR, {"error": type(error).__name__, "message": str(error)}
+                run.run_dir / records.ERROR,
+                {"error": type(error).__name__, "message": str(error)},
             )
         raise
     if not history:
-        raise RuntimeError(f"{run_dir}: no epoch was run (epochs={config.epochs})")
-    best = _best(history)
+        raise RuntimeError(f"{run.run_dir}: no epoch was run (epochs={run.config.epochs})")
     if main:
-        (run_dir / records.DONE).write_text("")
-    return best
+        lock.check()
+        records.atomic_write_text(run.run_dir / records.DONE, "")
+    return _best(history)
 
 
 def summary_line(best: dict[str, Any]) -> str:
