@@ -214,6 +214,22 @@ def test_reduce_group_sums_rejects_unsupported_options(options: dict, message: s
                   **options)
 
 
+def test_reference_pairs_are_refused_before_training_with_several_processes() -> None:
+    """The paper preset's EnD default (the official pairs) cannot span processes: refused
+    when the method is prepared, naming the fix, not at the first step."""
+    model = nn.Sequential(nn.Flatten(), L2Normalize())
+    model.feature_layer = "1"
+    labels = torch.tensor([0, 1, 0, 1])
+    method = build_method("end", model=model, num_targets=2, num_biases=2,
+                          train_targets=labels, train_biases=labels, pairs="reference")
+    with pytest.raises(ValueError, match="add --method-option pairs=all"):
+        distributed.prepare_method(method, DistContext(rank=0, world_size=2), torch.device("cpu"))
+    assert method.reduce_group_sums is None
+    method.pairs = "all"
+    distributed.prepare_method(method, DistContext(rank=0, world_size=2), torch.device("cpu"))
+    assert method.reduce_group_sums is distributed.all_reduce_sum
+
+
 def test_global_batches_and_shares() -> None:
     context = DistContext(rank=1, world_size=2)
     order = torch.arange(9)

@@ -165,6 +165,13 @@ def prepare_method(method: nn.Module, context: DistContext | None, device: torch
     """Set the EnD reducer and, on GPUs, global-batch BatchNorm statistics (in place)."""
     if context is None:
         return
+    if getattr(method, "pairs", "all") != "all":
+        # Caught here, before any training: the paper preset's EnD default is the official
+        # code's pair selection, which depends on the order of samples within one batch.
+        raise ValueError(
+            f"EnD with pairs={method.pairs!r} cannot span several processes (its pairs "
+            "depend on the order within one batch); add --method-option pairs=all"
+        )
     method.reduce_group_sums = all_reduce_sum
     if device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(method)  # replaces BN children in place
