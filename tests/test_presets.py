@@ -93,3 +93,11 @@ def test_help_names_each_presets_end_weights(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "EnD disentangling weight (default: paper 0.1, quick 1)" in text
     assert "(default: paper 80, quick 6)" in text
+
+
+def test_the_official_flags_parse_as_ours():
+    """The official code's spellings (--weight_decay, --batch_size, --local) work unchanged."""
+    config = parsed("--local", "--alpha", "0.1", "--beta", "0.1", "--weight_decay", "1e-4",
+                    "--batch_size", "128", "--preset", "paper")
+    assert (config.method, config.batch_size, config.weight_decay) == ("end", 128, 1e-4)
+    assert config.method_options == {"alpha": 0.1, "beta": 0.1, "pairs": "reference"}

@@ -73,12 +73,20 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "docs/methods.md",
     )
     parser.add_argument("--epochs", type=int, help=f"(default: {_preset_default('epochs')})")
+    # The underscore spellings are the official EnD code's, so its commands run unchanged.
     parser.add_argument(
-        "--batch-size", type=int, help=f"(default: {_preset_default('batch_size')})"
+        "--batch-size", "--batch_size", type=int,
+        help=f"(default: {_preset_default('batch_size')})",
     )
     parser.add_argument("--lr", type=float, help=f"Adam's (default: {_preset_default('lr')})")
     parser.add_argument(
-        "--weight-decay", type=float, help=f"(default: {_preset_default('weight_decay')})"
+        "--weight-decay", "--weight_decay", type=float,
+        help=f"(default: {_preset_default('weight_decay')})",
+    )
+    parser.add_argument(
+        "--local", action="store_true",
+        help="accepted for the official code's commands (its flag to skip W&B); runs here "
+        "are local unless --wandb is given",
     )
     parser.add_argument("--seed", type=int, help="(default: 42)")
     parser.add_argument("--train-subset", type=int, help="train on this many images only")
