@@ -14,10 +14,12 @@ the images: it is keyed by file names and size, not by content.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,16 +29,35 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 _CHUNK = 64  # images per task: few enough futures for 200k files, small enough to balance
+# Pillow's default limit (about 89 million pixels): images above it are refused by name.
+DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+# load_square refuses images above its limit itself; Pillow's warning just below that
+# limit would only repeat it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageFileError(ValueError):
     """An image file is missing or cannot be decoded."""
 
 
-def load_square(path: Path, image_size: int) -> np.ndarray:
-    """One image as uint8 (3, image_size, image_size): centre square, resized."""
+def _too_large(path: Path, max_pixels: int, size: str = "") -> ImageFileError:
+    return ImageFileError(
+        f"{path}: the image{size} has more pixels than the limit of {max_pixels} (a "
+        "decompression bomb?); if it is genuine, raise the limit with the dataset option "
+        "max_image_pixels=N"
+    )
+
+
+def load_square(
+    path: Path, image_size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """One image as uint8 (3, image_size, image_size): centre square, resized. An image of
+    more than ``max_pixels`` pixels is refused from its header, before it is decoded."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise _too_large(path, max_pixels, f" ({width} x {height})")
             image.draft("RGB", (image_size, image_size))
             image = image.convert("RGB")
             width, height = image.size
@@ -50,8 +71,26 @@ def load_square(path: Path, image_size: int) -> np.ndarray:
             return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
     except FileNotFoundError:
         raise ImageFileError(f"{path}: image file is missing") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, checked inside open()
+        raise _too_large(path, max_pixels) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
+        if isinstance(error, ImageFileError):
+            raise
         raise ImageFileError(f"{path}: cannot decode the image ({error})") from None
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open images up to ``max_pixels`` (its own global limit refuses images
+    above twice its default); :func:`load_square` applies ``max_pixels`` itself. The
+    global is restored after, so other users of Pillow in the process keep theirs."""
+    previous = Image.MAX_IMAGE_PIXELS
+    if previous is not None and max_pixels > previous:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def decode_images(
@@ -62,6 +101,7 @@ def decode_images(
     out: np.ndarray | None = None,
     description: str = "decoding images",
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """All images as uint8 (N, 3, S, S), decoded by ``workers`` threads (0: inline)."""
     if out is None:
@@ -70,12 +110,12 @@ def decode_images(
     def work(start: int) -> int:
         stop = min(start + _CHUNK, len(paths))
         for index in range(start, stop):
-            out[index] = load_square(paths[index], image_size)
+            out[index] = load_square(paths[index], image_size, max_pixels=max_pixels)
         return stop - start
 
     starts = range(0, len(paths), _CHUNK)
     bar = tqdm(total=len(paths), desc=description, unit="img", disable=not progress)
-    with bar:
+    with bar, _pillow_limit(max_pixels):
         if workers <= 0:
             for start in starts:
                 bar.update(work(start))
@@ -99,12 +139,13 @@ def cached_images(
     cache_dir: Path | None,
     name: str,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """As :func:`decode_images`, through a cache file in ``cache_dir`` (None: no cache)."""
     description = f"{name}: decoding {len(paths)} images"
     if cache_dir is None:
         return decode_images(paths, image_size=image_size, workers=workers,
-                             description=description, progress=progress)
+                             description=description, progress=progress, max_pixels=max_pixels)
     key = hashlib.sha1("\n".join(p.name for p in paths).encode(), usedforsecurity=False)
     path = cache_dir / f"{name}-{image_size}px-{len(paths)}-{key.hexdigest()[:12]}.npy"
     if path.is_file():
@@ -125,10 +166,10 @@ def cached_images(
         logger.warning("%s: cannot write a cache in %s (%s); decoding into memory",
                        name, cache_dir, error)
         return decode_images(paths, image_size=image_size, workers=workers,
-                             description=description, progress=progress)
+                             description=description, progress=progress, max_pixels=max_pixels)
     try:
         decode_images(paths, image_size=image_size, workers=workers, out=out,
-                      description=description, progress=progress)
+                      description=description, progress=progress, max_pixels=max_pixels)
         out.flush()
         del out
         os.replace(partial, path)

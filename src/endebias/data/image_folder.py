@@ -1,10 +1,12 @@
 """Your own images (``image-folder``): a folder of images and a CSV that labels them.
 
 The CSV (option ``csv``, looked up in ``root`` first, then as given) has a header row and
-the columns named by the options: ``path`` (always this name; relative to ``root`` or
-absolute), ``target`` and ``bias``; optionally ``split``, a column of ``train`` / ``valid``
-/ ``test``. Without a split column the rows are split at random (seeded) into
-``valid_fraction`` and ``test_fraction`` of the rows and training for the rest.
+the columns named by the options: ``path`` (always this name; relative to ``root``, and
+refused if it leads outside it, by ``../`` or as an absolute path, unless
+``allow_outside_root=true``), ``target`` and ``bias``; optionally ``split``, a column of
+``train`` / ``valid`` / ``test``. Without a split column the rows are split at random
+(seeded) into ``valid_fraction`` and ``test_fraction`` of the rows and training for the
+rest.
 
 Labels may be any strings or integers: each column's distinct values are sorted
 (numerically when all are numbers) and coded 0..K-1; the names are kept as the
@@ -16,7 +18,9 @@ present, to the size of the smallest such group (seeded, as CelebA does).
 
 Images are decoded as CelebA's are (centre square, resized to ``image_size``, uint8,
 threaded, cached on disk under ``cache_dir``, default ``<root>/endebias-cache``) and
-normalised with the ImageNet statistics; train them with ``--model resnet18``.
+normalised with the ImageNet statistics; the model is ``resnet18`` unless another is
+given. An image larger than ``max_image_pixels`` (default: Pillow's limit, about 89
+million pixels) is refused, naming the file, as a possible decompression bomb.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from torch import Tensor
 from endebias.data import Benchmark, Split, register_dataset, split_sizes
 from endebias.data.celeba import balanced, imagenet_normalise
 from endebias.data.csv_table import TableError, read_table
-from endebias.data.image_files import cached_images
+from endebias.data.image_files import DEFAULT_MAX_PIXELS, cached_images
 from endebias.data.mnist import resolve_data_dir
 from endebias.data.tabular import _pools
 
@@ -70,6 +74,26 @@ def _split_codes(values: list[str], lines: list[int], csv: Path, column: str) ->
     return codes
 
 
+def _resolve_files(
+    paths: list[str], lines: list[int], folder: Path, csv: Path, allow_outside_root: bool
+) -> list[Path]:
+    """Each CSV path taken inside ``folder``: a CSV from elsewhere must not make us read any
+    file on the machine (``../`` or an absolute path), unless the user opts in with
+    ``allow_outside_root=true``. The check is on the path as written, normalised: symbolic
+    links inside the root are the root owner's choice and are followed."""
+    root = Path(os.path.abspath(folder))
+    files = []
+    for text, line in zip(paths, lines, strict=True):
+        file = Path(os.path.normpath(root / text))  # an absolute path replaces the folder
+        if not allow_outside_root and not file.is_relative_to(root):
+            raise ValueError(
+                f"{csv}: line {line}: path {text!r} leads outside the image root {root}; "
+                "move the image under the root, or pass allow_outside_root=true"
+            )
+        files.append(file)
+    return files
+
+
 @register_dataset("image-folder")
 def build_image_folder(
     *,
@@ -85,6 +109,8 @@ def build_image_folder(
     cache_dir: str | Path | None = None,
     cache: bool = True,
     progress: bool = True,
+    allow_outside_root: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
     data_dir: str | Path | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -97,6 +123,10 @@ def build_image_folder(
     if csv is None or target is None or bias is None:
         raise ValueError("image-folder needs the options csv=<file>, target=<column>, "
                          "bias=<column>")
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) \
+            or max_image_pixels < 1:
+        raise ValueError(f"image-folder: max_image_pixels must be a positive integer, "
+                         f"got {max_image_pixels!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image-folder: image_size must be an integer >= 8, got {image_size!r}")
     folder = _folder(root, data_dir)
@@ -110,7 +140,7 @@ def build_image_folder(
     for index, text in enumerate(paths):
         if not text:
             raise TableError(f"{table.path}: path column is empty on line {table.lines[index]}")
-    files = [folder / text for text in paths]  # an absolute path replaces the folder
+    files = _resolve_files(paths, table.lines, folder, table.path, allow_outside_root)
     for file in files:
         if not file.is_file():  # before any decoding: one clear line, not a worker traceback
             raise ValueError(f"{file}: image file is missing")
@@ -142,7 +172,8 @@ def build_image_folder(
         key = hashlib.sha1("\n".join(map(str, chosen_files)).encode(), usedforsecurity=False)
         array = cached_images(chosen_files, image_size=image_size, workers=workers,
                               cache_dir=cache_path, name=f"image-folder-{name}-"
-                              f"{key.hexdigest()[:8]}", progress=progress)
+                              f"{key.hexdigest()[:8]}", progress=progress,
+                              max_pixels=max_image_pixels)
         return torch.from_numpy(array)
 
     def make_split(inputs: Tensor, chosen: np.ndarray) -> Split:

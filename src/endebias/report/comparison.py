@@ -22,6 +22,7 @@ from endebias.report.results import (
     Row,
     Run,
     load_run,
+    load_runs,
     mean_std,
     plus_minus,
     sort_rows,
@@ -106,7 +107,8 @@ def find_runs(folders: list[str | Path]) -> list[Run]:
         if (folder / records.CONFIG).exists():
             found.append(load_run(folder))
             continue
-        found += [load_run(p) for p in sorted(folder.iterdir()) if (p / records.CONFIG).exists()]
+        # A damaged run is skipped with a warning naming its file (results.load_runs).
+        found += load_runs([p for p in sorted(folder.iterdir()) if (p / records.CONFIG).exists()])
     return found
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -32,13 +33,12 @@ def load_features(run_dir: str | Path) -> tuple[dict[int, np.ndarray], np.ndarra
         raise FileNotFoundError(
             f"{run_dir} has no saved features ({FEATURES}/{LABELS}); train with --save-features N"
         )
-    with np.load(folder / LABELS) as labels:
-        targets, biases = labels["targets"], labels["biases"]
+    targets, biases = _read_labels(folder / LABELS)
     epochs = {}
     for path in folder.glob("epoch_*.npy"):
         match = _EPOCH_FILE.fullmatch(path.name)
         if match:
-            epochs[int(match.group(1))] = np.load(path)
+            epochs[int(match.group(1))] = _read_array(path)
     if not epochs:
         raise FileNotFoundError(f"{folder} holds no epoch_NNN.npy files")
     for epoch, features in epochs.items():
@@ -48,6 +48,29 @@ def load_features(run_dir: str | Path) -> tuple[dict[int, np.ndarray], np.ndarra
                 f"match {len(targets)} labels"
             )
     return dict(sorted(epochs.items())), targets, biases
+
+
+def _read_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The saved labels, checked: a damaged file is named, with what fixes it."""
+    try:
+        with np.load(path) as labels:
+            targets, biases = labels["targets"], labels["biases"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path}: damaged ({type(error).__name__}); the next epoch of the run trained "
+            "with --save-features writes it again (--resume)"
+        ) from None
+    if targets.ndim != 1 or targets.shape != biases.shape:
+        raise ValueError(f"{path}: damaged (targets {targets.shape}, biases {biases.shape})")
+    return targets, biases
+
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path}: damaged ({type(error).__name__}); delete it to plot the "
+                         "other epochs") from None
 
 
 def pca_2d(features: np.ndarray) -> np.ndarray:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from endebias.training import records
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,19 +26,37 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
+    """A run folder's records. A damaged, unreadable or ill-shaped record raises
+    :class:`~endebias.training.records.DamagedRecordError` naming the file."""
     run_dir = Path(run_dir)
     config_path = run_dir / records.CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no {records.CONFIG})")
     best_path, error_path = run_dir / records.BEST, run_dir / records.ERROR
+    error = records.read_json_object(error_path) if error_path.exists() else None
     return Run(
         path=run_dir,
-        config=records.read_json(config_path),
+        config=records.read_json_object(config_path),
         history=records.read_metrics(run_dir),
-        best=records.read_json(best_path) if best_path.exists() else None,
+        best=records.read_json_object(best_path) if best_path.exists() else None,
         done=(run_dir / records.DONE).exists(),
-        error=records.read_json(error_path)["message"] if error_path.exists() else None,
+        error=None if error is None else str(error.get("message", error)),
     )
+
+
+def load_runs(run_dirs: list[Path]) -> list[Run]:
+    """The readable runs among ``run_dirs``; each damaged one is skipped with a warning
+    naming its file. Only when runs exist and none is readable is it an error."""
+    runs, damaged = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except (records.DamagedRecordError, OSError) as error:
+            log.warning("skipping a damaged run: %s", error)
+            damaged.append(str(run_dir))
+    if damaged and not runs:
+        raise ValueError(f"no readable run: all {len(damaged)} are damaged ({', '.join(damaged)})")
+    return runs
 
 
 def percent(value: float | None) -> str:
@@ -158,18 +179,19 @@ def rows_from_study(study: Any) -> list[Row]:
 
 
 def rows_from_runs(folder: str | Path) -> list[Row]:
-    """Rows from run folders (``runs/<sweep id>/*``), for when the database is not at hand."""
+    """Rows from run folders (``runs/<sweep id>/*``), for when the database is not at hand.
+    Damaged runs are skipped with a warning naming the file (see :func:`load_runs`)."""
     rows = []
-    for run_dir in sorted(p for p in Path(folder).iterdir() if (p / records.CONFIG).exists()):
-        run = load_run(run_dir)
+    folders = sorted(p for p in Path(folder).iterdir() if (p / records.CONFIG).exists())
+    for run in load_runs(folders):
         if run.best is None:
             continue
         state = "COMPLETE" if run.done else "FAIL" if run.error else "RUNNING"
         rows.append(Row(
-            id=run_dir.name, state=state, valid_acc=run.best.get("valid_acc"),
+            id=run.path.name, state=state, valid_acc=run.best.get("valid_acc"),
             biased_test_acc=run.best.get("biased_test_acc"),
             unbiased_test_acc=run.best.get("unbiased_test_acc"),
-            config=run.config, run_dir=str(run_dir), epoch=run.best.get("epoch"),
+            config=run.config, run_dir=str(run.path), epoch=run.best.get("epoch"),
         ))
     return sort_rows(rows)
 
