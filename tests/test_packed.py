@@ -248,3 +248,21 @@ def _stop_after(epochs: int):
             raise _Killed
 
     return on_epoch
+
+
+def test_the_rebias_variant_packs_with_its_raw_feature_classifier():
+    """normalize_features=False (ReBias's SimpleConvNet): packed logits equal the solo
+    models', whose classifier reads the raw pooled features."""
+    options = {**TINY, "normalize_features": False}
+    labels = torch.arange(10).repeat(7)[:64]
+    solos = []
+    for _ in range(2):
+        model = build_model("simple-conv", num_classes=10, input_shape=(3, 16, 16), **options)
+        solos.append(build_method("vanilla", model=model, num_targets=10, num_biases=10,
+                                  train_targets=labels, train_biases=labels).double().eval())
+    packed = build_packed(solos, [s.state_dict() for s in solos], model_options=options,
+                          num_classes=10, in_channels=3).double().eval()
+    inputs = torch.randn(8, 3, 16, 16, dtype=torch.float64)
+    logits, _ = packed.model(inputs)
+    for position, solo in enumerate(solos):
+        torch.testing.assert_close(logits[:, position], solo(inputs), rtol=1e-9, atol=1e-10)

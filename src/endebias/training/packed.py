@@ -94,9 +94,12 @@ class PackedSimpleConvNet(nn.Module):
         channels: Sequence[int],
         kernel_size: int,
         pool_after: Sequence[int] = (),
+        normalize_features: bool = True,
     ) -> None:
         super().__init__()
         self.members = members
+        # False: ReBias's variant, the classifier on the raw pooled features (SimpleConvNet).
+        self.normalize_features = normalize_features
         layers: list[nn.Module] = []
         previous = in_channels
         for index, width in enumerate(channels):
@@ -124,7 +127,7 @@ class PackedSimpleConvNet(nn.Module):
         pooled = self.pool(self.blocks(x)).reshape(x.shape[0], self.members, self.features)
         # SimpleConvNet's L2Normalize, per member (same eps).
         features = nn.functional.normalize(pooled, dim=2, eps=1e-12)
-        return self.fc(features), features
+        return self.fc(features if self.normalize_features else pooled), features
 
 
 def _rule(name: str) -> str:
@@ -235,6 +238,7 @@ def build_packed(
         members=len(solos), num_classes=num_classes, in_channels=in_channels,
         channels=tuple(options["channels"]), kernel_size=options["kernel_size"],
         pool_after=tuple(options["pool_after"]),
+        normalize_features=options.get("normalize_features", True),
     )
     packed = PackedMethod(model, solos)
     packed.load_state_dict(join_states(list(states)))
