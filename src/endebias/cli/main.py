@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
+from endebias.cli import help_text
 from endebias.cli import sweep as cli_sweep
+from endebias.cli.demo import add_demo_options
 from endebias.training import records, tracking
 
 log = logging.getLogger("endebias")
@@ -213,12 +215,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="endebias", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="endebias", description=help_text.DESCRIPTION, epilog=help_text.EPILOG
+    )
+    parser.add_argument("--version", action="version", version=help_text.version_text())
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one run and print its best-by-valid result")
     add_train_options(train)
+    help_text.name_the_known(train)  # --dataset, --model, --method list the registered names
     tracking.add_tracking_options(train)  # --wandb PROJECT, --tensorboard
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<config hash>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -226,14 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     demo = commands.add_parser("demo", help="vanilla vs EnD on Biased MNIST: a table and a picture")
-    demo.add_argument("--out", default="demo-output")
-    demo.add_argument("--data-dir")
-    demo.add_argument("--rho", type=float, default=0.997)
-    demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--epochs", type=int, help="override the quick preset's epochs")
-    demo.add_argument("--train-subset", type=int, help="a smoke run: train on this many images")
-    demo.add_argument("--eval-subset", type=int, help="a smoke run: evaluate this many per split")
-    demo.add_argument("--no-progress", action="store_true")
+    add_demo_options(demo)
     demo.set_defaults(handler=cmd_demo)
     cli_sweep.add_commands(commands)  # sweep create/agent, results, plot features
     return parser

@@ -23,12 +23,15 @@ def _group_matrix(run: Run, split: str) -> np.ndarray | None:
 
 
 def plot_comparison(
-    runs: dict[str, Run], path: str | Path, *, split: str = "unbiased_test"
+    runs: dict[str, Run], path: str | Path, *, split: str = "unbiased_test", title: str = ""
 ) -> Path:
     """Accuracy per epoch on ``split`` for every run, then each run's target x bias accuracy
-    matrix at its best-by-valid epoch as a heat map."""
+    matrix at its best-by-valid epoch as a heat map (its title names that epoch); ``title``
+    goes above the whole figure."""
     path = Path(path)
     fig, axes = plt.subplots(1, 1 + len(runs), figsize=(4.6 * (1 + len(runs)), 4.2))
+    if title:
+        fig.suptitle(title)
     curves = axes[0]
     for label, run in runs.items():
         epochs = [r["epoch"] for r in run.history]
@@ -45,7 +48,7 @@ def plot_comparison(
         axis.set(
             xlabel="bias (colour)",
             ylabel="target (digit)",
-            title=f"{label}: accuracy per group (%)",
+            title=f"{label}: accuracy per group (%)\nepoch {run.best['epoch']} (best valid)",
         )
         axis.set_xticks(range(matrix.shape[1]))
         axis.set_yticks(range(matrix.shape[0]))
