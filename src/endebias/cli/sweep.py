@@ -201,6 +201,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     res.add_argument("--runs", default="runs", help="runs folder of the default storage")
     res.set_defaults(handler=_results_with_default_format)
 
+    from endebias.cli.report import add_report_command
+
+    add_report_command(commands)  # endebias report ID | --by-method FOLDERS: an HTML page
+
     plot = commands.add_parser("plot", help="figures from run records")
     figures = plot.add_subparsers(dest="plot_command", required=True)
     features = figures.add_parser("features", help="PCA of a run's saved features: GIF + PNG")

@@ -73,8 +73,9 @@ def history_png(run: Run, *, title: str) -> bytes:
         if all(isinstance(v, int | float) for v in values):
             losses.plot(epochs, values, marker="o", markersize=3, label=key[6:])
     losses.set(xlabel="epoch", ylabel="training loss (and its parts)", title=title)
-    accuracy_keys = [k for k in (history[0] if history else {})
-                     if k.endswith("_acc") and not k.startswith("train_")]
+    first = history[0] if history else {}
+    accuracy_keys = [k for k, v in first.items() if k.endswith("_acc")
+                     and not k.startswith("train_") and not isinstance(v, list)]
     for key in ["train_acc", *accuracy_keys]:
         values = [100 * v if isinstance(v, int | float) else math.nan
                   for v in (h.get(key) for h in history)]
