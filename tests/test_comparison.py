@@ -150,3 +150,62 @@ def test_vanilla_rows_say_which_simple_conv_they_trained(tmp_path):
         "vanilla", "vanilla [EnD model]", "vanilla [ReBias model]",
     ]
     assert comparison.model_variant({"method": "end"}) == "EnD model"
+
+
+def _retarget(run_dir, dataset, **dataset_options):
+    """Make a written run another benchmark's: no rho, the given dataset options."""
+    config = records.read_json(run_dir / records.CONFIG)
+    config["dataset"], config["dataset_options"] = dataset, dataset_options
+    records.atomic_write_json(run_dir / records.CONFIG, config)
+
+
+def test_runs_without_rho_get_one_column_and_no_paper_rows(tmp_path, capsys):
+    folder = tmp_path / "synthetic"
+    for method, seed, value in (("vanilla", 1, 0.5), ("vanilla", 2, 0.7), ("end", 1, 0.9)):
+        _retarget(write_run(folder, f"{method}-{seed}", method=method, rho=None, seed=seed,
+                            unbiased=value), "synthetic")
+    assert main(["results", "--by-method", str(folder)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[2] == "| method | synthetic |"
+    assert "published in the paper" not in out and "paper" not in out
+    assert lines[4] == "| vanilla [EnD model] (ours) | 60.00 ± 10.00 (n=2) |"
+    assert lines[5] == "| end (ours) | 90.00 ± 0.00 (n=1) |"
+    assert "| dataset | method | seeds | biased | unbiased | conflicting | s / epoch |" in out
+    assert "| synthetic | end | 1 | 99.00 ± 0.00 | 90.00 ± 0.00 | 85.00 ± 0.00 | 15 |" in out
+
+
+def test_columns_follow_whatever_setting_differs(tmp_path, capsys):
+    folder = tmp_path / "pima"
+    for setting, method, value in (("imbalance", "vanilla", 0.72), ("imbalance", "end", 0.74),
+                                   ("association", "vanilla", 0.40), ("association", "end", 0.52)):
+        run = write_run(folder, f"{setting}-{method}", method=method, rho=None, seed=0,
+                        unbiased=value)
+        _retarget(run, "tabular", path="pima.csv", setting=setting)
+    cells, _ = comparison.group_runs(comparison.find_runs([folder]))
+    assert comparison.column_keys(cells) == ["dataset_options.setting"]
+    assert main(["results", "--by-method", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| method | setting=association | setting=imbalance |"
+    assert lines[4] == "| vanilla [EnD model] (ours) | 40.00 ± 0.00 (n=1) | 72.00 ± 0.00 (n=1) |"
+    assert lines[5] == "| end (ours) | 52.00 ± 0.00 (n=1) | 74.00 ± 0.00 (n=1) |"
+    assert main(["results", "--by-method", str(folder), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["method"], r["setting"], r["paper_unbiased"]) for r in rows} == {
+        ("vanilla [EnD model]", "setting=association", None), ("end", "setting=association", None),
+        ("vanilla [EnD model]", "setting=imbalance", None), ("end", "setting=imbalance", None),
+    }
+
+
+def test_paper_rows_only_when_every_run_is_biased_mnist(tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    write_run(folder, "bm", method="end", rho=0.997, seed=1, unbiased=0.8)
+    _retarget(write_run(folder, "syn", method="end", rho=None, seed=1, unbiased=0.9), "synthetic")
+    assert main(["results", "--by-method", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "published in the paper" not in out
+    assert out.splitlines()[2] == (
+        "| method | dataset=biased-mnist, rho=0.997 | dataset=synthetic, rho=- |"
+    )
+    # The long table still gives the paper's figure beside the Biased MNIST row.
+    assert "| dataset=biased-mnist, rho=0.997 | end | 1 |" in out and "83.70 ± 1.03" in out

@@ -36,6 +36,12 @@ METRICS = (
 )
 # The paper trained these two itself; its other rows came from other papers' code.
 PAPER_NAMES = {"vanilla": "Vanilla", "end": "EnD"}
+# The paper's numbers are for this benchmark only.
+PAPER_DATASET = "biased-mnist"
+# Config entries that tell the rows apart (the method, its options, the vanilla variant)
+# or the runs within a cell (the seed): never a column of the table.
+ROW_KEYS = ("method", "method_options.", "seed", "model_options.normalize_features")
+RHO_KEY = "dataset_options.rho"
 
 
 @dataclass
@@ -48,6 +54,10 @@ class Cell:
     runs: list[Run] = field(default_factory=list)
     # Which network, where two variants of one are compared (model_variant).
     variant: str = ""
+    # The setting that tells this cell's column apart (set by group_runs): the rho for
+    # Biased MNIST at several rhos, else whatever differs between the runs compared.
+    column: str = ""
+    dataset: str = ""
 
     @property
     def label(self) -> str:
@@ -128,14 +138,55 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
             rho = run.config.get("dataset_options", {}).get("rho")
             cells[key] = Cell(run.config.get("method", "?"), run.config.get("method_options", {}),
                               None if rho is None else float(rho),
-                              variant=_variant_if_vanilla(run.config))
+                              variant=_variant_if_vanilla(run.config),
+                              dataset=str(run.config.get("dataset", "?")))
         cells[key].runs.append(run)
-    def position(cell: Cell) -> tuple[float, int, str]:
-        rho = -(cell.rho if cell.rho is not None else math.inf)
+    _set_columns(list(cells.values()))
+
+    def position(cell: Cell) -> tuple[float, str, int, str]:
+        rho = -cell.rho if cell.rho is not None else math.inf  # highest rho first, none last
         known = list(PAPER_NAMES)
-        return rho, known.index(cell.method) if cell.method in known else len(known), cell.label
+        order = known.index(cell.method) if cell.method in known else len(known)
+        return rho, cell.column, order, cell.label
 
     return sorted(cells.values(), key=position), unfinished
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"dataset_options.rho": "0.997", "epochs": "6", ...}``: nested options by dotted
+    name, each value as JSON so that lists and numbers compare exactly."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str)
+    return flat
+
+
+def column_keys(cells: list[Cell]) -> list[str]:
+    """The config entries, rows' own aside, whose values differ between the cells."""
+    flats = [_flat(cell.runs[0].config) for cell in cells]
+    names = sorted(set().union(*flats))
+    return [name for name in names if not name.startswith(ROW_KEYS)
+            and len({flat.get(name) for flat in flats}) > 1]
+
+
+def _set_columns(cells: list[Cell]) -> None:
+    """Each cell's column label: ``0.997`` when only the rho differs (Table 1's layout),
+    ``option=value, ...`` for any other setting that differs, else the dataset's name."""
+    keys = column_keys(cells)
+    for cell in cells:
+        flat = _flat(cell.runs[0].config)
+        if keys == [RHO_KEY] and cell.rho is not None:
+            cell.column = f"{cell.rho:.3f}"
+        elif keys:
+            cell.column = ", ".join(
+                f"{key.rsplit('.', 1)[-1]}={_short(json.loads(flat[key])) if key in flat else '-'}"
+                for key in keys
+            )
+        else:
+            cell.column = cell.dataset
 
 
 def _variant_if_vanilla(config: dict[str, Any]) -> str:
@@ -149,13 +200,16 @@ def _pm(pair: tuple[float, float | None] | None, digits: int = 2) -> str:
 
 
 def _paper(cell: Cell) -> tuple[float, float | None] | None:
-    published = PAPER_TABLE1.get(PAPER_NAMES.get(cell.method, ""), {})
-    return published.get(cell.rho) if cell.rho is not None else None
+    """The paper's unbiased accuracy for this cell's method and rho (Biased MNIST only)."""
+    if cell.dataset != PAPER_DATASET or cell.rho is None:
+        return None
+    return PAPER_TABLE1.get(PAPER_NAMES.get(cell.method, ""), {}).get(cell.rho)
 
 
 def method_table(runs: list[Run], *, fmt: str = "markdown") -> str:
-    """Markdown: unbiased accuracy as methods x rho (the paper's rows beside ours), then
-    one row per method and rho with biased / unbiased / conflicting accuracy and seconds
+    """Markdown: unbiased accuracy as methods x setting (the rho on Biased MNIST, with the
+    paper's rows beside ours; else whatever setting differs between the runs), then one
+    row per method and setting with biased / unbiased / conflicting accuracy and seconds
     per epoch. csv / json: the long table's values."""
     cells, unfinished = group_runs(runs)
     if not cells:
@@ -163,7 +217,8 @@ def method_table(runs: list[Run], *, fmt: str = "markdown") -> str:
     if fmt in ("csv", "json"):
         flat = []
         for cell in cells:
-            row: dict[str, Any] = {"method": cell.label, "rho": cell.rho, "seeds": cell.seeds}
+            row: dict[str, Any] = {"method": cell.label, "setting": cell.column,
+                                   "rho": cell.rho, "seeds": cell.seeds}
             for name, key in METRICS:
                 stat = cell.stat(key)
                 row[f"{name}_mean"], row[f"{name}_std"] = stat if stat else (None, None)
@@ -184,23 +239,32 @@ def method_table(runs: list[Run], *, fmt: str = "markdown") -> str:
     return _pivot(cells) + "\n" + _long(cells, unfinished)
 
 
+def _column_rho(cells: list[Cell], column: str) -> float | None:
+    """The one rho of a column's Biased MNIST cells, if they share one."""
+    rhos = {c.rho for c in cells if c.column == column}
+    return rhos.pop() if len(rhos) == 1 else None
+
+
 def _pivot(cells: list[Cell]) -> str:
-    rhos = sorted({c.rho for c in cells if c.rho is not None}, reverse=True)
+    columns = list(dict.fromkeys(c.column for c in cells))
     labels = list(dict.fromkeys(c.label for c in cells))
-    by_key = {(c.label, c.rho): c for c in cells}
+    by_key = {(c.label, c.column): c for c in cells}
     lines = ["Unbiased test accuracy (%), mean ± population std over seeds "
              "(n = seeds per cell):", "",
-             "| method | " + " | ".join(f"{rho:.3f}" for rho in rhos) + " |",
-             "|---|" + "---:|" * len(rhos)]
-    for name in PAPER_NAMES.values():
-        published = PAPER_TABLE1[name]
-        digits = PAPER_DIGITS.get(f"{name} (paper)", 2)
-        shown = [_pm(published.get(rho), digits) for rho in rhos]
-        lines.append(f"| {name} (published in the paper) | " + " | ".join(shown) + " |")
+             "| method | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    if all(c.dataset == PAPER_DATASET and c.rho is not None for c in cells):
+        rhos = [_column_rho(cells, column) for column in columns]
+        for name in PAPER_NAMES.values():
+            published = PAPER_TABLE1[name]
+            digits = PAPER_DIGITS.get(f"{name} (paper)", 2)
+            shown = [_pm(published.get(rho) if rho is not None else None, digits)
+                     for rho in rhos]
+            lines.append(f"| {name} (published in the paper) | " + " | ".join(shown) + " |")
     for label in labels:
         shown = []
-        for rho in rhos:
-            cell = by_key.get((label, rho))
+        for column in columns:
+            cell = by_key.get((label, column))
             shown.append("-" if cell is None else
                          f"{_pm(cell.stat('unbiased_test_acc'))} (n={len(cell.runs)})")
         lines.append(f"| {label} (ours) | " + " | ".join(shown) + " |")
@@ -208,18 +272,21 @@ def _pivot(cells: list[Cell]) -> str:
 
 
 def _long(cells: list[Cell], unfinished: int) -> str:
-    header = ["rho", "method", "seeds", *(name for name, _ in METRICS), "s / epoch",
-              "unbiased, paper"]
+    keys = column_keys(cells)
+    first = "rho" if keys == [RHO_KEY] else "setting" if keys else "dataset"
+    with_paper = any(_paper(cell) is not None for cell in cells)
+    header = [first, "method", "seeds", *(name for name, _ in METRICS), "s / epoch",
+              *(["unbiased, paper"] if with_paper else [])]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
     for cell in cells:
         seconds = cell.seconds_per_epoch()
         paper = _paper(cell)
         digits = PAPER_DIGITS.get(f"{PAPER_NAMES.get(cell.method)} (paper)", 2)
         values = [_pm(cell.stat(key)) for _, key in METRICS]
-        values += ["-" if seconds is None else f"{seconds[0]:.0f}", _pm(paper, digits)]
-        rho = "-" if cell.rho is None else f"{cell.rho:.3f}"
+        values.append("-" if seconds is None else f"{seconds[0]:.0f}")
+        values += [_pm(paper, digits)] if with_paper else []
         seeds = " ".join(map(str, cell.seeds))
-        lines.append("| " + " | ".join([rho, cell.label, seeds, *values]) + " |")
+        lines.append("| " + " | ".join([cell.column, cell.label, seeds, *values]) + " |")
     if unfinished:
         lines += ["", f"{unfinished} unfinished or failed run(s) left out."]
     return "\n".join(lines) + "\n"
