@@ -20,7 +20,8 @@ def loaded_packages(*modules: str) -> set[str]:
 
 
 def test_results_and_plots_load_without_torch():
-    assert "torch" not in loaded_packages("endebias.report.results", "endebias.report.plots")
+    assert "torch" not in loaded_packages("endebias.report.results", "endebias.report.plots",
+                                          "endebias.report.html", "endebias.cli.report")
 
 
 @pytest.mark.parametrize("module", ["endebias.regularizer", "endebias.hooks", "endebias.metrics"])
