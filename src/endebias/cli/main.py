@@ -15,7 +15,7 @@ import yaml
 from endebias.cli import help_text
 from endebias.cli import sweep as cli_sweep
 from endebias.cli.demo import add_demo_options
-from endebias.training import records, tracking
+from endebias.training import bias_labels, records, tracking
 
 log = logging.getLogger("endebias")
 
@@ -114,6 +114,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
     )
+    bias_labels.add_bias_label_options(parser)  # --bias-labels given|pseudo, --pseudo-option
 
 
 def config_from_args(args: argparse.Namespace):
@@ -156,12 +157,14 @@ def config_from_args(args: argparse.Namespace):
     overrides["dataset_options"] = dataset_options
     overrides["method_options"] = method_options
     overrides["model_options"] = dict(args.model_option)
+    overrides.update(bias_labels.bias_label_overrides(args))
     return make_config(args.preset, **overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from endebias.training import distributed
-    from endebias.training.fit import fit, summary_line
+    from endebias.training.fit import summary_line
+    from endebias.training.pseudo_labels import fit_with_bias_labels
 
     config = config_from_args(args)
     out = (
@@ -180,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     mirror = tracking.train_mirror(args, config=config.to_dict(), run_dir=out) if main else None
     state = "FAIL"
     try:
-        best = fit(
+        best = fit_with_bias_labels(
             config,
             out,
             data_dir=args.data_dir,

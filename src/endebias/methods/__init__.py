@@ -33,6 +33,8 @@ class Method(nn.Module):
     # (autograd-aware). Methods whose loss couples the samples of a batch (EnD) pass it to
     # their loss so the loss is that of the global batch; per-sample losses ignore it.
     reduce_group_sums: Callable[[Tensor], Tensor] | None = None
+    # Whether the loss reads the training bias labels; --bias-labels pseudo needs one that does.
+    uses_bias_labels: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -92,4 +94,4 @@ def build_method(
 
 
 # Register the built-in methods.
-from endebias.methods import biasbal, end, groupdro, lff, vanilla  # noqa: E402,F401
+from endebias.methods import biasbal, end, gce, groupdro, lff, vanilla  # noqa: E402,F401

@@ -60,6 +60,7 @@ def fresh_copy(model: nn.Module) -> nn.Module:
 
 @register_method("lff")
 class LearningFromFailure(Method):
+    uses_bias_labels = False
     defaults = {"q": 0.7, "ema_decay": 0.7}
     search_space = {
         "q": {"distribution": "uniform", "min": 0.1, "max": 1.0},

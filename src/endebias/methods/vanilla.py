@@ -9,6 +9,7 @@ from endebias.methods import Method, register_method
 
 @register_method("vanilla")
 class Vanilla(Method):
+    uses_bias_labels = False
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from endebias.training.bias_labels import check_bias_labels
+
 SWITCHES = ("auto", "on", "off")
 
 
@@ -50,6 +52,10 @@ class TrainConfig:
     amp: str = "auto"
     compile: str = "auto"
     channels_last: str = "auto"
+    # Training bias labels: the dataset's ("given") or from a bias-capturing model trained
+    # first ("pseudo", with pseudo_options; endebias.training.bias_labels).
+    bias_labels: str = "given"
+    pseudo_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr_step", "eval_batch_size")
@@ -84,9 +90,15 @@ class TrainConfig:
             setattr(self, name, check_switch(name, getattr(self, name)))
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self.pseudo_options = check_bias_labels(self.bias_labels, self.pseudo_options)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if values["bias_labels"] == "given":
+            # Left out at their defaults, so runs (and config hashes) from before these
+            # fields existed still match their config.json.
+            del values["bias_labels"], values["pseudo_options"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

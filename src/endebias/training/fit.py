@@ -197,8 +197,12 @@ def fit(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     echo: Callable[[str], None] | None = None,
+    prepare_benchmark: Callable[[Benchmark], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its best-by-valid record.
+
+    ``prepare_benchmark(benchmark)``, if given, may change the loaded benchmark in place
+    before anything is built from it (pseudo bias labels replace the training ones).
 
     ``resume=True`` continues from the last checkpoint (a finished run returns at once; a
     folder without a run starts one). ``on_epoch(epoch, record)`` runs after each epoch's
@@ -219,7 +223,8 @@ def fit(
         if finished is not None:
             return finished
         try:
-            run = prepare(config, run_dir, data_dir=data_dir, device=device, context=context)
+            run = prepare(config, run_dir, data_dir=data_dir, device=device, context=context,
+                          prepare_benchmark=prepare_benchmark)
         except BaseException:
             lock.abandon()  # a failed start leaves no run folder behind
             raise

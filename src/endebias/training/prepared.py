@@ -73,12 +73,15 @@ def prepare(
     data_dir: str | None,
     device: torch.device,
     context: DistContext | None,
+    prepare_benchmark: Callable[[Benchmark], None] | None = None,
 ) -> PreparedRun:
     from endebias.training.fit import load_benchmark
 
     device = distributed.local_device(device, context)
     torch.manual_seed(config.seed)
     benchmark = load_benchmark(config, data_dir=data_dir, device=device)
+    if prepare_benchmark is not None:  # e.g. pseudo bias labels (training.pseudo_labels)
+        prepare_benchmark(benchmark)
     train_counts = group_counts(
         benchmark.train.targets,
         benchmark.train.targets,

@@ -1,0 +1,103 @@
+"""Where a run's training bias labels come from: the dataset (``given``) or a
+bias-capturing model (``pseudo``, see :mod:`endebias.training.pseudo_labels`).
+
+This module only defines and checks the options (no torch), so ``TrainConfig`` can
+validate them and the CLI can offer them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+BIAS_LABELS = ("given", "pseudo")
+STAGE1_KINDS = ("vanilla", "gce")
+LABELLINGS = ("cluster", "predictions")
+
+# The defaults of ``pseudo_options``, each recorded in config.json so a run says how its
+# labels were made. Chosen by the measurements in docs/results.md ("EnD without bias
+# labels"): a short plain stage 1 already reads the colour alone on Biased MNIST.
+PSEUDO_DEFAULTS: dict[str, Any] = {
+    "stage1": "vanilla",  # vanilla | gce: the bias-capturing model's loss
+    "stage1_epochs": 2,
+    "stage1_model": None,  # None: the main run's model and model options
+    "q": 0.7,  # GCE's exponent (stage1=gce), LfF's default
+    "labelling": "cluster",  # cluster | predictions
+    "k": 2,  # clusters per target class, or "auto" (best silhouette of k in 2..5)
+    "layer": None,  # features clustered; None: the model's feature_layer
+}
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"pseudo option {name} must be a positive integer, got {value!r}")
+
+
+def check_bias_labels(bias_labels: str, pseudo_options: dict[str, Any]) -> dict[str, Any]:
+    """Validate the pair and return the pseudo options completed with their defaults
+    (empty for ``given``, which takes no options)."""
+    if bias_labels not in BIAS_LABELS:
+        raise ValueError(
+            f"bias_labels must be one of {', '.join(BIAS_LABELS)}, got {bias_labels!r}"
+        )
+    if not isinstance(pseudo_options, dict):
+        raise ValueError(f"pseudo_options must be a mapping, got {pseudo_options!r}")
+    if bias_labels == "given":
+        if pseudo_options:
+            raise ValueError(
+                f"pseudo option {sorted(pseudo_options)[0]!r} needs --bias-labels pseudo"
+            )
+        return {}
+    unknown = sorted(set(pseudo_options) - set(PSEUDO_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown pseudo option {unknown[0]!r}; known: {', '.join(PSEUDO_DEFAULTS)}"
+        )
+    options = {**PSEUDO_DEFAULTS, **pseudo_options}
+    if options["stage1"] not in STAGE1_KINDS:
+        raise ValueError(
+            f"pseudo option stage1 must be one of {', '.join(STAGE1_KINDS)}, "
+            f"got {options['stage1']!r}"
+        )
+    if options["labelling"] not in LABELLINGS:
+        raise ValueError(
+            f"pseudo option labelling must be one of {', '.join(LABELLINGS)}, "
+            f"got {options['labelling']!r}"
+        )
+    _positive_int("stage1_epochs", options["stage1_epochs"])
+    if options["k"] != "auto":
+        _positive_int("k", options["k"])
+    q = options["q"]
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0 < q <= 1:
+        raise ValueError(f"pseudo option q must be in (0, 1], got {q!r}")
+    for name in ("stage1_model", "layer"):
+        if options[name] is not None and (not isinstance(options[name], str) or not options[name]):
+            raise ValueError(f"pseudo option {name} must be a name or null, got {options[name]!r}")
+    return options
+
+
+def add_bias_label_options(parser: argparse.ArgumentParser) -> None:
+    """``--bias-labels`` and ``--pseudo-option`` on a train-like subcommand."""
+    from endebias.cli.main import parse_assignment  # the CLI's own KEY=VALUE reader
+
+    parser.add_argument(
+        "--bias-labels",
+        choices=BIAS_LABELS,
+        default="given",
+        help="given: the dataset's bias labels; pseudo: labels from a bias-capturing model "
+        "trained first (docs/methods.md, 'EnD without bias labels')",
+    )
+    parser.add_argument(
+        "--pseudo-option",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"with --bias-labels pseudo: {', '.join(PSEUDO_DEFAULTS)}, "
+        "e.g. labelling=predictions",
+    )
+
+
+def bias_label_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields set by :func:`add_bias_label_options`' options."""
+    return {"bias_labels": args.bias_labels, "pseudo_options": dict(args.pseudo_option)}

@@ -1,0 +1,207 @@
+"""``--bias-labels pseudo``: a run in three stages, each resumable.
+
+1. **stage 1** trains a bias-capturing model (vanilla or GCE, a few epochs) on the training
+   split, as a normal run folder ``RUN/stage1/``;
+2. **stage 2** derives one pseudo bias label per training sample from it
+   (:func:`endebias.pseudo_labels.pseudo_bias_labels`) and writes them, with a checksum,
+   to ``RUN/pseudo_labels.npz`` (atomically), and their agreement with the dataset's own
+   bias labels to ``RUN/pseudo_labels.json``;
+3. **stage 3** is the run itself in ``RUN``: the method trains on the pseudo labels,
+   while evaluation keeps the dataset's true groups.
+
+``RUN/config.json`` is written first and records ``bias_labels`` and every
+``pseudo_options`` value. A killed run resumes at the stage it was killed in: a finished
+stage 1 is not retrained, and labels whose file is missing or fails its checksum are
+derived again from the finished stage 1 (deterministically, so they are the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from endebias.agreement import label_agreement
+from endebias.data import Benchmark, Split
+from endebias.methods import build_method, method_class
+from endebias.metrics import aligned_groups, group_counts
+from endebias.models import build_model
+from endebias.pseudo_labels import pseudo_bias_labels
+from endebias.training import records
+from endebias.training.config import TrainConfig
+from endebias.training.fit import RunAlreadyExistsError, fit, load_benchmark, resolve_device
+
+log = logging.getLogger(__name__)
+
+STAGE1 = "stage1"
+LABELS = "pseudo_labels.npz"
+AGREEMENT = "pseudo_labels.json"
+
+
+def stage1_config(config: TrainConfig) -> TrainConfig:
+    """The bias-capturing run: the main run's data, seed, optimiser and device, with the
+    stage-1 loss, epochs and (optionally) model."""
+    options = config.pseudo_options
+    values = config.to_dict()
+    values.pop("bias_labels", None)
+    values.pop("pseudo_options", None)
+    values["method"] = options["stage1"]
+    values["method_options"] = {"gce_q": options["q"]} if options["stage1"] == "gce" else {}
+    values["epochs"] = options["stage1_epochs"]
+    values["save_features"] = 0
+    if options["stage1_model"] is not None and options["stage1_model"] != config.model:
+        values["model"], values["model_options"] = options["stage1_model"], {}
+    return TrainConfig.from_dict(values)
+
+
+def _checksum(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def write_labels(path: Path, labels: np.ndarray) -> None:
+    """The labels and their SHA-256, written to a temporary file and renamed over ``path``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, labels=labels, sha256=np.array(_checksum(labels)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_labels(path: Path) -> np.ndarray | None:
+    """The labels in ``path``, or None (with a warning) when the file is missing, cannot
+    be read or fails its checksum."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            labels, expected = data["labels"], str(data["sha256"])
+    except Exception as error:  # a truncated or garbled file: any reader error
+        log.warning("%s is unreadable (%s); deriving the labels again", path, error)
+        return None
+    if labels.ndim != 1 or labels.dtype != np.int64 or _checksum(labels) != expected:
+        log.warning("%s fails its checksum; deriving the labels again", path)
+        return None
+    return labels
+
+
+def derive_labels(
+    config: TrainConfig, stage1_dir: Path, *, data_dir: str | None
+) -> tuple[np.ndarray, Benchmark]:
+    """Stage 2: the finished stage-1 model's pseudo labels for the training split."""
+    first = stage1_config(config)
+    device = resolve_device(config.device)
+    benchmark = load_benchmark(first, data_dir=data_dir, device=device)
+    torch.manual_seed(first.seed)
+    model = build_model(
+        first.model, num_classes=benchmark.num_targets, input_shape=benchmark.input_shape,
+        **first.model_options,
+    )
+    method = build_method(
+        first.method, model=model, num_targets=benchmark.num_targets,
+        num_biases=benchmark.num_biases, train_targets=benchmark.train.targets,
+        train_biases=benchmark.train.biases, **first.method_options,
+    ).to(device)
+    state = torch.load(stage1_dir / records.CHECKPOINT, map_location=device, weights_only=True)
+    method.load_state_dict(state["method"])
+    options = config.pseudo_options
+    labels = pseudo_bias_labels(
+        method.model, benchmark.train.inputs, benchmark.train.targets,
+        labelling=options["labelling"], k=options["k"], layer=options["layer"],
+        prepare=benchmark.prepare, batch_size=config.eval_batch_size, seed=config.seed,
+    )
+    return labels.numpy().astype(np.int64), benchmark
+
+
+def use_labels(benchmark: Benchmark, labels: np.ndarray) -> None:
+    """Train on ``labels`` instead of the dataset's bias labels; keep evaluating on the
+    true groups. The bias-label range widens to cover both (empty columns are ignored by
+    the group metrics)."""
+    train = benchmark.train
+    if len(labels) != len(train):
+        raise ValueError(
+            f"pseudo labels for {len(labels)} samples, but the training split has {len(train)}"
+        )
+    if benchmark.aligned is None:
+        counts = group_counts(train.targets, train.targets, train.biases,
+                              num_targets=benchmark.num_targets,
+                              num_biases=benchmark.num_biases)[0]
+        benchmark.aligned = aligned_groups(counts)
+    width = max(benchmark.num_biases, int(labels.max()) + 1)
+    aligned = torch.zeros(benchmark.num_targets, width, dtype=torch.bool)
+    aligned[:, : benchmark.aligned.shape[1]] = benchmark.aligned.cpu()
+    benchmark.aligned = aligned
+    benchmark.num_biases = width
+    device = train.targets.device
+    benchmark.train = Split(train.inputs, train.targets, torch.from_numpy(labels).to(device))
+
+
+def _check_method(config: TrainConfig) -> None:
+    if not method_class(config.method).uses_bias_labels:
+        raise ValueError(
+            f"--bias-labels pseudo: method {config.method!r} does not use bias labels; "
+            "use one that does (end, groupdro, biasbal)"
+        )
+
+
+def fit_with_bias_labels(
+    config: TrainConfig, run_dir: str | Path, *, data_dir: str | None = None,
+    resume: bool = False, **fit_options: Any,
+) -> dict[str, Any]:
+    """:func:`~endebias.training.fit.fit` for any ``config.bias_labels``: ``given`` is
+    ``fit`` itself; ``pseudo`` runs the three stages into ``run_dir``."""
+    if config.bias_labels == "given":
+        return fit(config, run_dir, data_dir=data_dir, resume=resume, **fit_options)
+    _check_method(config)
+    run_dir = Path(run_dir)
+    config_path = run_dir / records.CONFIG
+    if config_path.exists():
+        if records.read_json(config_path) != config.to_dict():
+            raise RunAlreadyExistsError(
+                f"{run_dir} holds a run with another config; choose another --out folder"
+            )
+        if not resume:
+            raise RunAlreadyExistsError(
+                f"{run_dir} already holds this run; pass --resume to continue it"
+            )
+        if (run_dir / records.DONE).exists():
+            return records.read_json(run_dir / records.BEST)
+    first = stage1_config(config)
+    # Written before stage 1, so the folder is this run from the start: a second launch
+    # without --resume is refused, and `results` lists it as unfinished.
+    if int(os.environ.get("RANK", "0")) == 0:
+        records.atomic_write_json(config_path, config.to_dict())
+    stage1_dir = run_dir / STAGE1
+    log.info("stage 1: %s bias-capturing model, %d epochs, in %s",
+             first.method, first.epochs, stage1_dir)
+    fit(first, stage1_dir, data_dir=data_dir, resume=True, **fit_options)
+
+    labels_path = run_dir / LABELS
+    labels = read_labels(labels_path)
+    if labels is None:
+        log.info("stage 2: %s pseudo bias labels", config.pseudo_options["labelling"])
+        labels, benchmark = derive_labels(config, stage1_dir, data_dir=data_dir)
+        agreement = label_agreement(labels, benchmark.train.biases.cpu().numpy())
+        agreement["labelling"] = config.pseudo_options["labelling"]
+        if int(os.environ.get("RANK", "0")) == 0:
+            # The labels file last: it is what marks stage 2 as done.
+            records.atomic_write_json(run_dir / AGREEMENT, agreement)
+            write_labels(labels_path, labels)
+        log.info("pseudo labels: %d values; agreement with the true bias labels: "
+                 "NMI %.3f, matched accuracy %.4f", agreement["num_pseudo_labels"],
+                 agreement["nmi"], agreement["matched_acc"])
+    log.info("stage 3: %s on the pseudo labels in %s", config.method, run_dir)
+    return fit(config, run_dir, data_dir=data_dir, resume=True,
+               prepare_benchmark=lambda benchmark: use_labels(benchmark, labels),
+               **fit_options)

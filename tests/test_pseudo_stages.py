@@ -1,0 +1,231 @@
+"""``--bias-labels pseudo``: the three stages in a run folder, resuming after a real kill,
+corrupt label files, and the options' validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from endebias.agreement import label_agreement
+from endebias.cli.main import main
+from endebias.data import build_dataset
+from endebias.training import records
+from endebias.training.bias_labels import PSEUDO_DEFAULTS, check_bias_labels
+from endebias.training.config import TrainConfig, make_config
+from endebias.training.pseudo_labels import (
+    AGREEMENT,
+    LABELS,
+    STAGE1,
+    fit_with_bias_labels,
+    read_labels,
+    stage1_config,
+    write_labels,
+)
+
+DATA = {"rho": 0.9, "train_size": 256, "eval_size": 64}
+MODEL = {"channels": [4, 8], "kernel_size": 3}
+
+
+def pseudo_config(**options) -> TrainConfig:
+    # lr 1e-2 and batch 32: enough steps for stage 1 to learn the colour shortcut.
+    return make_config("quick", dataset="synthetic", dataset_options=DATA, model_options=MODEL,
+                       method="end", epochs=2, batch_size=32, lr=1e-2, device="cpu", seed=5,
+                       bias_labels="pseudo", pseudo_options={"stage1_epochs": 2, **options})
+
+
+def test_three_stages_write_their_records(tmp_path):
+    config = pseudo_config()
+    best = fit_with_bias_labels(config, tmp_path, progress=False)
+    recorded = records.read_json(tmp_path / records.CONFIG)
+    assert recorded["bias_labels"] == "pseudo"
+    assert recorded["pseudo_options"] == {**PSEUDO_DEFAULTS, "stage1_epochs": 2}
+    stage1 = records.read_json(tmp_path / STAGE1 / records.CONFIG)
+    assert stage1["method"] == "vanilla" and stage1["epochs"] == 2
+    assert (tmp_path / STAGE1 / records.DONE).exists() and (tmp_path / records.DONE).exists()
+    labels = read_labels(tmp_path / LABELS)
+    assert labels is not None and len(labels) == DATA["train_size"]
+    agreement = records.read_json(tmp_path / AGREEMENT)
+    assert agreement["num_pseudo_labels"] == len(np.unique(labels))
+    # Evaluation keeps the true groups: 4 bias values, the extra pseudo-label columns empty.
+    test_groups = np.array(best["unbiased_test_group_acc"], dtype=float)
+    assert test_groups.shape == (4, max(4, int(labels.max()) + 1))
+    assert np.isnan(test_groups[:, 4:]).all() and not np.isnan(test_groups[:, :4]).any()
+    # A second launch returns the finished run; without --resume it is refused.
+    assert fit_with_bias_labels(config, tmp_path, resume=True, progress=False) == best
+    with pytest.raises(RuntimeError, match="pass --resume"):
+        fit_with_bias_labels(config, tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="another config"):
+        fit_with_bias_labels(pseudo_config(k=3), tmp_path, resume=True, progress=False)
+
+
+def test_stage1_config_keeps_data_and_seed():
+    config = pseudo_config(stage1="gce", q=0.5, stage1_model="mlp")
+    first = stage1_config(config)
+    assert (first.method, first.method_options) == ("gce", {"gce_q": 0.5})
+    assert (first.model, first.model_options) == ("mlp", {})
+    assert first.dataset_options == config.dataset_options and first.seed == config.seed
+    assert first.bias_labels == "given"
+
+
+@pytest.mark.parametrize("labelling", ["predictions", "cluster"])
+def test_pseudo_labels_recover_the_synthetic_bias(tmp_path, labelling):
+    """The synthetic colour is the shortcut a short stage 1 learns first."""
+    fit_with_bias_labels(pseudo_config(labelling=labelling, stage1_epochs=3), tmp_path,
+                         progress=False)
+    labels = read_labels(tmp_path / LABELS)
+    train = build_dataset("synthetic", seed=5, **DATA).train
+    targets, biases = train.targets.numpy(), train.biases.numpy()
+    agreement = records.read_json(tmp_path / AGREEMENT)
+    assert agreement == {**label_agreement(labels, biases), "labelling": labelling}
+    if labelling == "predictions":  # the predicted class is the colour's (chance: 0.25, 0)
+        assert agreement["matched_acc"] > 0.95 and agreement["nmi"] > 0.9
+    else:  # per target, the largest cluster is the aligned colour, the other the rest
+        split = label_agreement(labels, 2 * targets + (biases != targets))
+        assert split["matched_acc"] > 0.9
+
+
+KILLER = """
+import os, signal, sys
+from endebias.training.pseudo_labels import fit_with_bias_labels
+from endebias.training.config import TrainConfig
+config = TrainConfig.from_dict({config})
+calls = []
+def on_epoch(epoch, record):
+    calls.append(epoch)
+    if len(calls) == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+fit_with_bias_labels(config, sys.argv[1], resume=True, progress=False, on_epoch=on_epoch)
+"""
+
+
+def untimed(record: dict) -> dict:
+    return {k: v for k, v in record.items() if "seconds" not in k}
+
+
+def run_killed(config: TrainConfig, run_dir: Path, kill_at: int) -> None:
+    code = KILLER.format(config=repr(config.to_dict()), kill_at=kill_at)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(run_dir)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [1, 3], ids=["in-stage-1", "in-stage-3"])
+def test_resumes_at_the_stage_it_was_killed_in(tmp_path, kill_at):
+    config = pseudo_config()
+    reference = fit_with_bias_labels(config, tmp_path / "reference", progress=False)
+    run_dir = tmp_path / "killed"
+    run_killed(config, run_dir, kill_at)  # after epoch 1 of stage 1, or of stage 3
+    assert not (run_dir / records.DONE).exists()
+    assert (run_dir / LABELS).exists() == (kill_at == 3)
+    if kill_at == 3:
+        stage1_before = (run_dir / STAGE1 / records.CHECKPOINT).read_bytes()
+        labels_before = (run_dir / LABELS).read_bytes()
+    best = fit_with_bias_labels(config, run_dir, resume=True, progress=False)
+    assert untimed(best) == untimed(reference)  # the resumed run is the uninterrupted one
+    if kill_at == 3:  # stages 1 and 2 were not redone
+        assert (run_dir / STAGE1 / records.CHECKPOINT).read_bytes() == stage1_before
+        assert (run_dir / LABELS).read_bytes() == labels_before
+    for folder in (run_dir, run_dir / STAGE1):
+        reference_folder = tmp_path / "reference" / folder.relative_to(run_dir)
+        assert list(map(untimed, records.read_metrics(folder))) == list(
+            map(untimed, records.read_metrics(reference_folder)))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "wrong-labels"])
+def test_a_damaged_labels_file_is_derived_again(tmp_path, damage, caplog):
+    config = pseudo_config(stage1_epochs=1)
+    fit_with_bias_labels(config, tmp_path, progress=False)
+    path = tmp_path / LABELS
+    good = read_labels(path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        at = data.index(good.tobytes()) + 8  # a byte of the stored labels themselves
+        path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
+    else:  # a well-formed file whose checksum does not match its labels
+        np.savez(path, labels=good + 1, sha256=np.array("0" * 64))
+    (tmp_path / records.DONE).unlink()  # as if killed before the end of stage 3
+    assert read_labels(path) is None and "deriving the labels again" in caplog.text
+    fit_with_bias_labels(config, tmp_path, resume=True, progress=False)
+    assert np.array_equal(read_labels(path), good)
+
+
+def test_labels_file_round_trip(tmp_path):
+    labels = np.array([3, 0, 2, 2], dtype=np.int64)
+    write_labels(tmp_path / LABELS, labels)
+    assert np.array_equal(read_labels(tmp_path / LABELS), labels)
+    assert read_labels(tmp_path / "missing.npz") is None
+    assert [p.name for p in tmp_path.iterdir()] == [LABELS]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("bias_labels", "options", "message"),
+    [
+        ("guessed", {}, "bias_labels must be one of given, pseudo"),
+        ("given", {"k": 2}, "'k' needs --bias-labels pseudo"),
+        ("pseudo", {"clusters": 2}, "unknown pseudo option 'clusters'"),
+        ("pseudo", {"stage1": "lff"}, "stage1 must be one of vanilla, gce"),
+        ("pseudo", {"labelling": "votes"}, "labelling must be one of cluster, predictions"),
+        ("pseudo", {"k": 0}, "k must be a positive integer"),
+        ("pseudo", {"k": "many"}, "k must be a positive integer"),
+        ("pseudo", {"stage1_epochs": 1.5}, "stage1_epochs must be a positive integer"),
+        ("pseudo", {"q": 0}, r"q must be in \(0, 1\]"),
+        ("pseudo", {"q": True}, r"q must be in \(0, 1\]"),
+        ("pseudo", {"layer": ""}, "layer must be a name or null"),
+    ],
+)
+def test_option_validation(bias_labels, options, message):
+    with pytest.raises(ValueError, match=message):
+        check_bias_labels(bias_labels, options)
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(bias_labels=bias_labels, pseudo_options=options)
+
+
+def test_valid_options_are_completed_and_given_configs_are_unchanged():
+    assert check_bias_labels("pseudo", {"k": "auto"}) == {**PSEUDO_DEFAULTS, "k": "auto"}
+    assert check_bias_labels("given", {}) == {}
+    # Runs made before these fields existed keep their config.json and hash.
+    given = TrainConfig().to_dict()
+    assert "bias_labels" not in given and "pseudo_options" not in given
+    pseudo = TrainConfig(bias_labels="pseudo")
+    assert TrainConfig.from_dict(pseudo.to_dict()) == pseudo
+
+
+def test_cli_trains_with_pseudo_labels(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "synthetic", "--method", "end", "--device", "cpu",
+            "--epochs", "1", "--batch-size", "64", "--no-progress", "--out", str(out),
+            "--dataset-option", "train_size=128", "--dataset-option", "eval_size=32",
+            "--model-option", "channels=[4,8]", "--bias-labels", "pseudo",
+            "--pseudo-option", "stage1_epochs=1", "--pseudo-option", "labelling=predictions"]
+    assert main(argv) == 0
+    recorded = json.loads((out / records.CONFIG).read_text())
+    assert recorded["pseudo_options"]["labelling"] == "predictions"
+    assert "best epoch 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "vanilla", "--bias-labels", "pseudo"], "method 'vanilla' does not use bias"),
+        (["--method", "end", "--bias-labels", "pseudo", "--pseudo-option", "k=0"],
+         "k must be a positive integer"),
+        (["--method", "end", "--pseudo-option", "k=2"], "needs --bias-labels pseudo"),
+    ],
+)
+def test_cli_rejects_bad_options_in_one_line(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "synthetic", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("endebias: error:") and message in err and err.count("\n") == 0
+    assert not out.exists()  # nothing written for a run that never started
