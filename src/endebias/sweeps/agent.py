@@ -136,7 +136,7 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-        log.info("trial %d: %s -> %s", trial.number, sampled, run_dir)
+        log.info("trial %d%s: %s -> %s", trial.number, self._place(trial), sampled, run_dir)
         state = "FAIL"
         try:
             best = fit(
@@ -177,6 +177,9 @@ class Objective:
             tensorboard=self.tensorboard,
         )
 
+    def _place(self, trial: optuna.Trial) -> str:
+        return place_in_sweep(trial.study, trial.number, self.cap)
+
     def _check_not_surplus(self, trial: optuna.Trial) -> None:
         """With a run cap, two agents may start the last trial at once: the later one stops."""
         if self.cap is None:
@@ -210,6 +213,23 @@ class Objective:
 
 def _trials(study: optuna.Study, states: tuple[TrialState, ...]) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=states)
+
+
+def place_in_sweep(study: optuna.Study, number: int, cap: int | None) -> str:
+    """`` (trial 3 of 8)``: where a trial stands among those the cap counts (complete,
+    pruned, running, queued; failed and skipped ones are not counted); "" with no cap."""
+    if cap is None:
+        return ""
+    place = sum(1 for t in _trials(study, ALIVE) if t.number <= number)
+    return f" (trial {place} of {cap})"
+
+
+def why_nothing_ran(study: optuna.Study, spec: SweepSpec, cap: int | None) -> str:
+    """``run_cap 8 reached: 8 complete``: why an agent found no trial to run."""
+    counts = {state: len(_trials(study, (state,))) for state in ALIVE}
+    shown = ", ".join(f"{n} {state.name.lower()}" for state, n in counts.items() if n)
+    limit = f"run_cap {cap}" if cap == spec.run_cap else f"a grid of {cap} settings"
+    return f"{limit} reached: {shown or 'no trials'}"
 
 
 def work_left(study: optuna.Study, cap: int | None) -> bool:
@@ -297,6 +317,9 @@ def run_agent(
         log.info(
             "trial %d %s (run folder %s)", last.number, outcome, last.user_attrs.get("run_dir")
         )
+    if result.trials == 0 and objective.cap is not None:
+        log.info("sweep %s: %s; nothing left to run", sweep_id,
+                 why_nothing_ran(study, spec, objective.cap))
     log.info(
         "agent done: %d trials (%d complete, %d pruned, %d failed, %d skipped)",
         result.trials,
