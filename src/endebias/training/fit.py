@@ -51,6 +51,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _split_sizes(benchmark: Benchmark) -> dict[str, int]:
+    return {"train": len(benchmark.train), **{n: len(s) for n, s in benchmark.evaluations.items()}}
+
+
 def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.device) -> Benchmark:
     builder = dataset_builder(config.dataset)
     hints = option_hints(builder, skip=TRAINER_DATASET_OPTIONS)
@@ -62,11 +66,17 @@ def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.d
     )
     # Subsets are fixed by the config's seed (train) or by a constant (evaluation), so
     # runs with different seeds are evaluated on the same images.
+    full = _split_sizes(benchmark)
     benchmark.train = random_subset(benchmark.train, config.train_subset, config.seed)
     benchmark.evaluations = {
         name: random_subset(split, config.eval_subset, 0)
         for name, split in benchmark.evaluations.items()
     }
+    if config.train_subset is not None or config.eval_subset is not None:
+        # The dataset logged its full sizes; say what this run actually uses.
+        used = _split_sizes(benchmark)
+        log.info("%s subsets: %s", config.dataset,
+                 ", ".join(f"{name} {used[name]} of {full[name]}" for name in full))
     benchmark.train = benchmark.train.to(device)
     benchmark.evaluations = {name: s.to(device) for name, s in benchmark.evaluations.items()}
     return benchmark
