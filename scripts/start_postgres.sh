@@ -58,7 +58,10 @@ fi
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/endebias-pg.XXXXXX")
 chmod 700 "$dir"
+umask 077  # the password files below: readable by their owner only
 password=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+# The password never goes on a command line (any user sees those in `ps`): initdb reads
+# it from a file, and createdb from a .pgpass file named by PGPASSFILE (mode 0600).
 printf '%s\n' "$password" > "$dir/pwfile"
 [ "$(id -u)" -ne 0 ] || chown -R "$user" "$dir"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -69,8 +72,11 @@ rm -f "$dir/pwfile"
 run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off" start >/dev/null \
     || { say "server did not start; log:"; cat "$dir/server.log" >&2; exit 1; }
-PGPASSWORD=$password run_as "$user" env PGPASSWORD="$password" \
+printf '127.0.0.1:%s:*:endebias:%s\n' "$port" "$password" > "$dir/pgpass"
+[ "$(id -u)" -ne 0 ] || chown "$user" "$dir/pgpass"
+run_as "$user" env PGPASSFILE="$dir/pgpass" \
     "$bindir/createdb" -h 127.0.0.1 -p "$port" -U endebias endebias
+rm -f "$dir/pgpass"
 say "PostgreSQL $("$bindir/pg_ctl" --version | awk '{print $3}') on 127.0.0.1:$port (data in $dir)"
 
 echo "export ENDEBIAS_TEST_POSTGRES_URL=postgresql://endebias:$password@127.0.0.1:$port/endebias"

@@ -48,10 +48,10 @@ def test_a_missing_sqlite_file_is_not_created_by_readers(tmp_path, capsys, monke
 
     monkeypatch.delenv(sweep_storage.STORAGE_ENV, raising=False)
     url = f"sqlite:///{tmp_path}/runs/sweeps.db"
-    with pytest.raises(FileNotFoundError, match="no sweep database at .*create a sweep first"):
+    with pytest.raises(FileNotFoundError, match="no sweep storage at .*create a sweep first"):
         sweep_storage.open_storage(url)
     assert main(["results", "some-id", "--runs", str(tmp_path / "runs")]) == 2
-    assert "no sweep database" in capsys.readouterr().err
+    assert "no sweep storage" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -17,6 +17,16 @@ STORAGE_HELP = (
 )
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def cmd_sweep_create(args: argparse.Namespace) -> int:
     from endebias.sweeps.storage import create_sweep, default_storage, mask_url
     from endebias.sweeps.sweep_file import load_sweep_file
@@ -55,6 +65,7 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             agent_id=args.agent_id,
             progress=sys.stderr.isatty(),
+            storage_retry=args.storage_retry,
             wandb_project=args.wandb,
             tensorboard=args.tensorboard,
         )
@@ -90,7 +101,8 @@ def _packed_agent(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from endebias.report import results
-    from endebias.sweeps.storage import default_storage, load_study, open_storage
+    from endebias.sweeps.stale import warn_unfinished
+    from endebias.sweeps.storage import default_storage, load_study, open_storage, storage_errors
 
     if args.by_method:  # seeds of fixed settings, read straight from their run folders
         from endebias.report.comparison import find_runs, method_table
@@ -103,8 +115,12 @@ def cmd_results(args: argparse.Namespace) -> int:
         if Path(ident).is_dir():  # a folder of run folders: no database needed
             studies[Path(ident).name] = results.rows_from_runs(ident)
             continue
-        storage = storage or open_storage(args.storage or default_storage(args.runs))
-        studies[ident] = results.rows_from_study(load_study(ident, storage=storage))
+        url = args.storage or default_storage(args.runs)
+        storage = storage or open_storage(url)
+        with storage_errors(url):  # a damaged file may only show here: one line naming it
+            study = load_study(ident, storage=storage)
+            studies[ident] = results.rows_from_study(study)
+            warn_unfinished(ident, study, url)  # trials the summary cannot count yet
     if args.compare:
         sys.stdout.write(results.compare_table(studies, top=args.top, fmt=args.format))
     else:
@@ -158,6 +174,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     agent.add_argument(
         "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
+    )
+    agent.add_argument(
+        "--storage-retry",
+        type=_seconds,
+        default=120.0,
+        metavar="SECONDS",
+        help="when the storage is unreachable, retry (with backoff) this long before "
+        "stopping; the trial's finished epochs stay in its run folder (default: %(default)g)",
     )
     agent.add_argument(
         "--agent-id",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from endebias.sweeps import stale
 from endebias.sweeps import storage as sweep_storage
+from endebias.sweeps.retry import (
+    DEFAULT_RETRY_SECONDS,
+    StorageUnavailable,
+    find_unavailable,
+    retrying,
+)
 from endebias.sweeps.search_space import Parameter, SweepSpec
 from endebias.training import records
 from endebias.training.config import make_config
@@ -91,10 +97,14 @@ class Objective:
         self.data_dir = data_dir
         self.progress = progress
         self.cap = min(filter(None, (spec.run_cap, spec.grid_size())), default=None)
+        self.active: tuple[int, Path] | None = None  # the trial now training, its folder
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.active = None
         try:
             return self._train(trial)
+        except StorageUnavailable:
+            raise  # nothing can be written to the storage now
         except TrialSkipped as skipped:
             trial.set_user_attr("skipped", str(skipped))
             log.info("trial %d skipped: %s", trial.number, skipped)
@@ -122,6 +132,7 @@ class Objective:
         }.items():
             trial.set_user_attr(key, value)
         self._check_folder_free(trial, run_dir)
+        self.active = (trial.number, run_dir)
         reported: set[int] = set()
         self._report(trial, run_dir, reported)
 
@@ -232,14 +243,6 @@ def why_nothing_ran(study: optuna.Study, spec: SweepSpec, cap: int | None) -> st
     return f"{limit} reached: {shown or 'no trials'}"
 
 
-def work_left(study: optuna.Study, cap: int | None) -> bool:
-    """A re-queued trial is always work; otherwise finished or running trials count."""
-    if _trials(study, (TrialState.WAITING,)):
-        return True
-    alive = _trials(study, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-    return cap is None or len(alive) < cap
-
-
 def run_agent(
     sweep_id: str,
     *,
@@ -252,8 +255,11 @@ def run_agent(
     progress: bool = False,
     wandb_project: str | None = None,
     tensorboard: bool = False,
+    storage_retry: float = DEFAULT_RETRY_SECONDS,
 ) -> AgentResult:
-    """Run trials of ``sweep_id`` until ``count`` are done or the sweep has its run cap."""
+    """Run trials of ``sweep_id`` until ``count`` are done or the sweep has its run cap
+    (then first re-run any trial of a killed agent), retrying storage calls for up to
+    ``storage_retry`` seconds while the database is unreachable."""
     from endebias.training.fit import NonFiniteLossError
 
     spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
@@ -264,6 +270,7 @@ def run_agent(
         grace_period=settings["grace_period"],
         max_retry=settings["max_retry"],
     )
+    rdb = retrying(rdb, url=storage, limit=storage_retry)
     seed = sweep_storage.agent_seed(spec, agent_id)
     study = sweep_storage.load_study(
         sweep_id,
@@ -288,17 +295,22 @@ def run_agent(
     # one line per trial instead (and an error that stops it reaches the command line).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     while count is None or result.trials < count:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # re-queue the trials of killed agents
-        if not work_left(study, objective.cap):
-            break
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(NonFiniteLossError, TrialSkipped),
-            callbacks=[lambda _, trial: finished.append(trial)],
-        )
+        try:
+            if not stale.want_next_trial(study, cap=objective.cap, settings=settings):
+                break
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(NonFiniteLossError, TrialSkipped),
+                callbacks=[lambda _, trial: finished.append(trial)],
+            )
+        except Exception as error:
+            # Optuna's clean-up after the trial fails on the lost storage too and may
+            # raise something else; the loss is behind it.
+            lost = find_unavailable(error)
+            if lost is None:
+                raise
+            raise StorageUnavailable(f"{lost}; {stale.kept(objective.active)}") from None
         last = finished[-1]
         result.trials += 1
         if last.user_attrs.get("skipped"):

@@ -14,15 +14,22 @@ import os
 import re
 import secrets
 import socket
+import sqlite3
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
+import sqlalchemy
 
+from endebias.sweeps.retry import first_line
 from endebias.sweeps.search_space import SweepSpec, grid_search_space
 from endebias.sweeps.sweep_file import parse_sweep
+from endebias.sweeps.urls import encoding_hint, mask_url, scrub
 from endebias.training.config import make_config
 
 log = logging.getLogger(__name__)
@@ -32,24 +39,6 @@ DEFAULT_DB = "sweeps.db"
 SPEC_ATTR = "sweep"  # study user attribute: the sweep file's mapping
 SOURCE_ATTR = "sweep_source"
 PRUNERS = ("none", "median", "hyperband")
-_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^/@:\s]*:)(?P<secret>[^@/\s]*)@")
-_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]*)", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (in the user part or in the query)."""
-    masked = _PASSWORD_IN_NETLOC.sub(lambda m: f"{m['head']}***@", url)
-    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", masked)
-
-
-def _scrub(text: str, url: str) -> str:
-    """Driver errors may quote the URL: mask it, and any password it holds, in ``text``."""
-    secrets_in_url = [m["secret"] for m in _PASSWORD_IN_NETLOC.finditer(url)]
-    secrets_in_url += [m["secret"] for m in _PASSWORD_IN_QUERY.finditer(url)]
-    text = text.replace(url, mask_url(url))
-    for secret in filter(None, secrets_in_url):
-        text = text.replace(secret, "***")
-    return text
 
 
 def default_storage(runs_dir: str | Path = "runs") -> str:
@@ -67,8 +56,10 @@ def open_storage(
     max_retry: int | None = None,
     create: bool = False,
 ) -> optuna.storages.RDBStorage:
-    """RDB storage for ``url`` (``sqlite:///path`` or ``postgresql://...``); a missing
-    SQLite file is an error unless ``create`` (only ``sweep create`` makes one).
+    """RDB storage for ``url`` (``sqlite:///path`` or ``postgresql://...``). Only ``create``
+    (``sweep create``) may make a new one: otherwise a missing or empty SQLite file, or a
+    database without Optuna's tables, is "no sweep storage" and is left untouched, and a
+    damaged SQLite file is named as such.
 
     With ``heartbeat_interval``, a trial whose agent stops beating for ``grace_period``
     seconds is failed by the next agent and re-queued with the same parameters (up to
@@ -82,11 +73,7 @@ def open_storage(
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            if not create and not Path(path).exists():
-                raise FileNotFoundError(
-                    f"no sweep database at {path}: create a sweep first (endebias sweep create "
-                    "FILE), or give --storage / --runs"
-                )
+            check_sqlite_file(Path(path), create=create)
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Several agents share one file: wait for the writer's lock instead of failing.
         engine_kwargs["connect_args"] = {"timeout": 60}
@@ -106,12 +93,78 @@ def open_storage(
                 ),
             }
         try:
+            if not create and not url.startswith("sqlite:"):
+                _check_has_sweeps(url, shown, engine_kwargs)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except FileNotFoundError:
+            raise
         except Exception as error:  # driver errors have many types; all mean the same here
-            first = _scrub(str(error), url).strip().splitlines()[0] if str(error) else ""
+            first = scrub(str(error), url).strip().splitlines()[0] if str(error) else ""
             raise RuntimeError(
                 f"cannot open sweep storage {shown}: {type(error).__name__}: {first}"
+                f"{encoding_hint(url)}"
             ) from None
+
+
+def check_sqlite_file(path: Path, *, create: bool) -> None:
+    """Refuse a missing or empty file (unless ``create``) and a damaged one, reading it
+    without writing a byte (no schema goes into a file that holds none)."""
+    if not path.exists() or path.stat().st_size == 0:
+        if create:
+            return
+        what = "an empty file" if path.exists() else "no such file"
+        raise FileNotFoundError(
+            f"no sweep storage at {path} ({what}): create a sweep first (endebias sweep "
+            "create FILE), or give --storage / --runs"
+        )
+    try:
+        # mode=rw never creates the file, yet may roll back a killed writer's journal.
+        uri = f"file:{quote(str(path))}?mode=rw"
+        with closing(sqlite3.connect(uri, uri=True, timeout=60)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as error:
+        raise RuntimeError(damaged(path, str(error))) from None
+    if problems != ["ok"]:
+        detail = "; ".join(line.strip("* ") for line in problems[0].splitlines())
+        raise RuntimeError(damaged(path, detail[:160]))
+    if "studies" not in tables and not create:
+        raise FileNotFoundError(
+            f"no sweep storage at {path}: an SQLite file without sweeps (no Optuna tables); "
+            "create a sweep first (endebias sweep create FILE)"
+        )
+
+
+def damaged(where: str | Path, detail: str) -> str:
+    return (
+        f"sweep storage {where} is damaged ({detail}): restore it from a copy; each trial's "
+        "records stay in its run folder (endebias results RUNS/SWEEP_ID reads them)"
+    )
+
+
+def _check_has_sweeps(url: str, shown: str, engine_kwargs: dict[str, Any]) -> None:
+    """A server database without Optuna's tables holds no sweeps: say so, create nothing."""
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        if not sqlalchemy.inspect(engine).has_table("studies"):
+            raise FileNotFoundError(
+                f"no sweep storage at {shown}: the database holds no sweeps; create one "
+                "first (endebias sweep create FILE --storage URL)"
+            )
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Errors the storage raises while in use, as one line naming it (no password)."""
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
+        detail = first_line(error, url)
+        if "malformed" in detail or "not a database" in detail:
+            raise RuntimeError(damaged(mask_url(url), detail)) from None
+        raise RuntimeError(f"sweep storage {mask_url(url)} failed: {detail}") from None
 
 
 def _with_driver(url: str) -> str:

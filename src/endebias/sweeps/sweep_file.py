@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from endebias.sweeps.safe_yaml import load_yaml
 from endebias.sweeps.search_space import (
     Parameter,
     SweepFileError,
@@ -59,9 +60,12 @@ OPTUNA_DEFAULTS: dict[str, Any] = {
     "sampler": "tpe",  # for method bayes: tpe (robust default) or gp (needs scipy)
     "seed": None,  # base sampler seed; each agent adds its own id, never all the same
     "n_startup_trials": 10,  # random trials before the Bayesian model takes over
-    # A killed agent's trial is failed and re-queued once its heartbeat is this old.
-    "heartbeat_interval": 30,
-    "grace_period": 180,
+    # A killed agent's trial is failed and re-queued once its heartbeat is this old; an
+    # agent at the run cap waits this long (plus a beat) for such trials before it stops.
+    # Shorter stalls less, but a live agent cut off from the database for longer than
+    # this loses its trial to a retry (docs/sweeps.md, "Killed agents").
+    "heartbeat_interval": 10,
+    "grace_period": 60,
     "max_retry": 3,
 }
 EARLY_TERMINATE_KEYS = ("type", "min_iter", "max_iter", "eta", "s")
@@ -89,7 +93,7 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     except OSError as error:
         raise SweepFileError(f"{path}: cannot read the sweep file ({error.strerror})") from None
     try:
-        mapping = yaml.safe_load(text)
+        mapping = load_yaml(text, source=str(path))
     except yaml.YAMLError as error:
         first = str(error).splitlines()[0]
         raise SweepFileError(f"{path}: not valid YAML ({first})") from None

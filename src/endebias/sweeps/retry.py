@@ -1,0 +1,154 @@
+"""Riding out a storage that goes away for a while (a PostgreSQL restart, a network blip).
+
+An agent's storage calls are retried with exponential backoff while the database layer
+reports a lost or refused connection, for a bounded time; then :class:`StorageUnavailable`
+names the storage (never its password) and every later call fails at once, so that Optuna's
+own clean-up after a trial does not wait out the same limit again. A damaged file or a bad
+query is not retried: waiting would not mend it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from sqlalchemy import exc as sql_errors
+
+from endebias.sweeps.urls import mask_url, scrub
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_SECONDS = 120.0
+FIRST_DELAY = 0.5
+LONGEST_DELAY = 15.0
+# Every storage call an agent makes, directly or through Optuna (heartbeats apart).
+RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
+    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
+    "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
+    "get_trial_system_attrs", "_get_stale_trial_ids",
+)
+
+
+class StorageUnavailable(RuntimeError):
+    """The sweep storage could not be reached within the retry limit."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """A lost, refused or locked connection (retrying may help), seen directly or as the
+    cause of Optuna's ``StorageInternalError``."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sql_errors.OperationalError | sql_errors.InterfaceError):
+            return True
+        if isinstance(seen, sql_errors.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def first_line(error: BaseException, url: str) -> str:
+    """``Type: first line`` of the deepest database error, without any password."""
+    deepest = error
+    while deepest.__cause__ is not None:
+        deepest = deepest.__cause__
+    if isinstance(deepest, sql_errors.DBAPIError) and deepest.orig is not None:
+        deepest = deepest.orig
+    text = str(deepest).strip().splitlines()
+    return f"{type(deepest).__name__}: {scrub(text[0], url) if text else ''}".rstrip(": ")
+
+
+class _Retrier:
+    def __init__(self, url: str, limit: float) -> None:
+        self.url = url
+        self.limit = limit
+        self.dead: StorageUnavailable | None = None
+        self.lock = threading.Lock()
+
+    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.dead is not None:
+            raise StorageUnavailable(str(self.dead))
+        started = time.monotonic()
+        delay = FIRST_DELAY
+        warned = False
+        while True:
+            try:
+                result = method(*args, **kwargs)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                waited = time.monotonic() - started
+                if waited + delay > self.limit:
+                    with self.lock:
+                        self.dead = StorageUnavailable(
+                            f"sweep storage {mask_url(self.url)} unreachable for "
+                            f"{self.limit:g} s ({first_line(error, self.url)})"
+                        )
+                    raise StorageUnavailable(str(self.dead)) from None
+                if not warned:
+                    log.warning(
+                        "sweep storage %s unreachable (%s); retrying for up to %g s",
+                        mask_url(self.url), first_line(error, self.url), self.limit,
+                    )
+                    warned = True
+                time.sleep(delay)
+                delay = min(2 * delay, LONGEST_DELAY)
+                continue
+            if warned:
+                log.warning(
+                    "sweep storage %s reachable again after %.1f s",
+                    mask_url(self.url), time.monotonic() - started,
+                )
+            return result
+
+    def heartbeat(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """One try, never an exception: the heartbeat thread would print a traceback,
+        and a missed beat only matters after the grace period, which the retries of the
+        trial's own calls already bound."""
+        if self.dead is not None:
+            return
+        try:
+            method(*args, **kwargs)
+        except Exception as error:
+            log.debug("heartbeat not recorded: %s", first_line(error, self.url))
+
+
+def retrying(
+    storage: optuna.storages.RDBStorage, *, url: str, limit: float = DEFAULT_RETRY_SECONDS
+) -> optuna.storages.RDBStorage:
+    """``storage`` with each call in :data:`RETRIED` retried for up to ``limit`` seconds.
+
+    The wrappers are set on the instance, so Optuna's calls and the storage's calls to
+    itself go through them too; a nested call that gave up is not retried again outside.
+    """
+    if limit < 0:
+        raise ValueError(f"storage retry limit must be >= 0 seconds, got {limit:g}")
+    retrier = _Retrier(url, limit)
+    for name in RETRIED:
+        method = getattr(storage, name, None)
+        if method is not None:
+            setattr(storage, name, functools.partial(retrier.call, method))
+    storage.record_heartbeat = functools.partial(retrier.heartbeat, storage.record_heartbeat)
+    return storage
+
+
+def find_unavailable(error: BaseException) -> StorageUnavailable | None:
+    """The :class:`StorageUnavailable` behind ``error``: Optuna's clean-up after a failed
+    trial may raise something else (its own ``UnboundLocalError``) while handling it."""
+    seen: BaseException | None = error
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        if isinstance(seen, StorageUnavailable):
+            return seen
+        visited.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
