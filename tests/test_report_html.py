@@ -136,3 +136,22 @@ def test_the_browser_check_sees_errors_broken_images_and_network_use(tmp_path):
     assert "http://127.0.0.1:9/x.png" in page.requests
     assert [image["width"] for image in page.images] == [0, 0]
     assert len(page.tables) == 1
+
+
+def test_a_biased_mnist_sweep_page_puts_the_paper_beside_ours():
+    """Rows as a Biased MNIST sweep gives them (a rho, no run folder at hand): Table 1 with
+    the paper's rows and ours, hand-computed; the best trial's missing folder is said."""
+    from endebias.report.html import sweep_report
+    from endebias.report.results import Row
+
+    config = {"method": "end", "preset": "quick", "dataset_options": {"rho": 0.997},
+              "method_options": {"alpha": 0.5, "beta": 0.5}}
+    rows = [Row(id=str(i), state="COMPLETE", valid_acc=v, biased_test_acc=0.9,
+                unbiased_test_acc=u, config=config, run_dir=f"/gone/{i}", epoch=3)
+            for i, (v, u) in enumerate([(0.8, 0.7), (0.7, 0.5), (0.6, 0.6), (0.1, 0.1)])]
+    page = sweep_report("s", rows, top=3)
+    # top 3 by valid: 70, 50, 60 -> mean 60.00, population std 8.16
+    # columns: rho 0.999, 0.997, 0.995, 0.990
+    assert "<td>end (ours, quick preset)</td><td>-</td><td>60.00 ± 8.16</td><td>-</td>" in page
+    assert "<td>EnD (paper)</td><td>52.30 ± 2.39</td><td>83.70 ± 1.03</td>" in page
+    assert "The run folder of trial 0 (/gone/0) is not here" in page
