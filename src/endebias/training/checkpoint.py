@@ -76,9 +76,7 @@ def _decode(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: damaged (its size does not match its trailer)")
         if fields.get(b"sha256") != hashlib.sha256(payload).hexdigest().encode():
             raise CheckpointError(f"{path}: damaged (checksum mismatch)")
-    elif data.startswith(_ZIP):
-        log.warning("%s has no checksum (written by an older endebias); loading it unverified",
-                    path)
+    elif data.startswith(_ZIP):  # no trailer: an older endebias's, or one cut short
         payload = data
     elif not data:
         raise CheckpointError(f"{path}: damaged (empty file)")
@@ -93,6 +91,8 @@ def _decode(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: damaged (not a training checkpoint)")
     if not isinstance(state["history"], list):
         raise CheckpointError(f"{path}: damaged (no epoch history)")
+    if at < 0:
+        log.warning("%s has no checksum (written by an older endebias); loaded unverified", path)
     return state
 
 

@@ -229,6 +229,9 @@ def fit(
     main = context is None or context.is_main
     lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
     try:
+        if main:  # a killed writer's half-written files: ours to clear, as the lock holder
+            for path in records.remove_temp_files(run_dir):
+                log.info("removed %s, left by an interrupted write", path)
         finished = existing_run(config, run_dir, resume=resume)
         if finished is not None:
             return finished

@@ -113,6 +113,17 @@ def atomic_write(
     fsync_folder(path.parent)
 
 
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder`` (and its features/);
+    only the process holding the run's lock may call this. Returns what was removed."""
+    removed = []
+    for pattern in (".*.tmp", "features/.*.tmp"):
+        for path in Path(folder).glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) atomically; see :func:`atomic_write`."""
     atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
