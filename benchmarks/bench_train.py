@@ -11,6 +11,9 @@ style, in the same process, on Biased MNIST (rho 0.997, batch 256, SimpleConvNet
   resident on the device, normalised per batch, closed-form EnD, metrics read once per
   epoch and, on CUDA, the fast path (channels_last, bf16 autocast, torch.compile).
 * ``ours-eager`` (CUDA only): the same with the fast path off.
+* ``ours-bf16`` (CPU only): ``ours`` under bf16 autocast (``--amp on``), beside the float32
+  ``ours``; the paired ratio of the two is printed (bf16 is native on CPUs with
+  avx512_bf16 or AMX, emulated and slow elsewhere).
 
 Training only, no evaluation. Variants take turns (on CPU batch by batch, on CUDA whole
 rounds), so that load on a shared machine hits them alike, and the median ratio of paired
@@ -20,6 +23,7 @@ training step); the peak is the best rate of a large matmul on the same device (
 on CPU, bf16 on CUDA: the precision each path computes in).
 
     .venv/bin/python benchmarks/bench_train.py                   # CPU: 16 batches, alternating
+    .venv/bin/python benchmarks/bench_train.py --preset quick    # the CPU preset
     .venv/bin/python benchmarks/bench_train.py --device cuda --batches 0 --rounds 2
 """
 
@@ -46,7 +50,7 @@ from endebias.models import build_model
 from endebias.regularizer import end_terms
 from endebias.training.config import make_config
 from endebias.training.epoch import StepRunner, train_epoch
-from endebias.training.fastpath import FastPath
+from endebias.training.fastpath import FastPath, cpu_bf16_native
 from endebias.training.fit import load_benchmark
 
 BATCH = 256
@@ -237,6 +241,7 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--preset", default="paper", choices=["paper", "quick"])
     parser.add_argument("--batches", type=int, default=16,
                         help="batches per variant per round; 0 = a whole epoch (60,000 images)")
     parser.add_argument("--rounds", type=int, default=1)
@@ -262,7 +267,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer sets it; for every variant
 
-    config = make_config("paper", method="end", device=args.device, eval_subset=1,
+    config = make_config(args.preset, method="end", device=args.device, eval_subset=1,
                          train_subset=args.batches * BATCH if args.batches else None,
                          dataset_options={"rho": 0.997})
     started = time.perf_counter()
@@ -283,6 +288,8 @@ def main() -> None:
     if device.type == "cuda":
         variants["ours-eager"] = lambda: Ours(config, benchmark, device, FastPath())
     variants["ours"] = lambda: Ours(config, benchmark, device, FastPath.resolve(device))
+    if device.type == "cpu":
+        variants["ours-bf16"] = lambda: Ours(config, benchmark, device, FastPath(amp=True))
     # The peak is measured before and after the timed rounds; the higher one counts (a
     # shared machine's load only ever lowers it).
     peak, peak_how = matmul_peak(device)
@@ -331,8 +338,14 @@ def main() -> None:
             results[name]["speedup_paired_median"] = paired
             print(f"speed-up {name} vs original: {results[name]['speedup']:.2f}x overall, "
                   f"{paired:.2f}x median of {len(turns[name])} paired turns")
+    if "ours-bf16" in turns:  # the same trainer, float32 against bf16 autocast
+        paired = statistics.median(a / b for a, b in zip(turns["ours"], turns["ours-bf16"],
+                                                         strict=True))
+        results["ours-bf16"]["speedup_vs_fp32_paired_median"] = paired
+        print(f"bf16 vs float32 (ours): {paired:.2f}x median of paired turns; native bf16: "
+              f"{cpu_bf16_native() or 'no'}")
     if args.json:
-        info = {"device": device_name, "torch": torch.__version__,
+        info = {"preset": args.preset, "device": device_name, "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "workers": workers, "train_flops_per_image": flops, "peak_flops": peak,
                 "peak_how": peak_how, "batches": args.batches, "rounds": args.rounds,

@@ -138,7 +138,7 @@ def test_sweeps_that_cannot_pack_are_refused_in_one_line(tmp_path, capsys):
 
 
 def test_a_killed_packed_agent_is_requeued_and_resumed(tmp_path, capsys):
-    epochs = 6
+    epochs = 4
     sweep_id, storage = create(tmp_path, capsys, sweep_file(tmp_path, run_cap=2, epochs=epochs))
     command = [sys.executable, "-m", "endebias", "sweep", "agent", sweep_id, "--storage", storage,
                "--pack", "2"]

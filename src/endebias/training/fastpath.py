@@ -10,6 +10,11 @@ change little (DESIGN.md section 8) and ``torch.compile`` costs ~40 s of cold st
   summed in float32 (see ``endebias.regularizer``) and cross-entropy autocasts to float32;
 * ``compile`` compiles the model in place (``nn.Module.compile``), which keeps the
   parameter names, so checkpoints load with the option on or off.
+
+On a CPU with native bf16 (avx512_bf16 or AMX, :func:`cpu_bf16_native`) ``amp="on"`` runs
+the same bf16 autocast through oneDNN: 1.4x (quick preset) to 1.7x (paper preset) per
+training step here (docs/benchmarks.md). "auto" still leaves it off on CPU: the check
+that bf16 keeps the quick table's accuracy within its seed spread has not been run yet.
 """
 
 from __future__ import annotations
@@ -19,6 +24,18 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+
+def cpu_bf16_native() -> str | None:
+    """The CPU flag that makes bf16 matrix arithmetic native (``avx512_bf16``, ``amx_bf16``),
+    or None (Linux ``/proc/cpuinfo``; elsewhere None)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle
+                          if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
 
 
 def _switch(value: str, auto: bool) -> bool:

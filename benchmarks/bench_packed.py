@@ -1,0 +1,130 @@
+"""Seconds per trial of packed training (``sweep agent --pack K``) against K solo trials,
+both through the trainer's own epoch loops, on Biased MNIST (rho 0.997, EnD).
+
+* ``solo``: K methods, each trained by ``endebias.training.epoch.train_epoch`` on the same
+  batches, one after the other (what K solo trials cost);
+* ``packed``: one pack of K (``endebias.training.packed_epoch.train_packed_epoch``).
+
+Training only, no evaluation (a pack evaluates all its members in one pass too). The two
+take turns batch by batch, so that load on a shared machine hits both alike; the ratio is
+the median over paired turns of (K solo steps) / (one packed step), i.e. how many times
+cheaper a trial is when packed. Each first runs one untimed warm-up batch.
+
+    .venv/bin/python benchmarks/bench_packed.py --preset quick --pack 4 --batches 8
+    .venv/bin/python benchmarks/bench_packed.py --device cuda --preset paper --pack 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from endebias.data import Split
+from endebias.methods import build_method
+from endebias.models import build_model
+from endebias.training.config import make_config
+from endebias.training.epoch import StepRunner, train_epoch
+from endebias.training.fastpath import FastPath
+from endebias.training.fit import load_benchmark
+from endebias.training.packed import build_packed
+from endebias.training.packed_epoch import train_packed_epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--preset", default="quick", choices=["paper", "quick"])
+    parser.add_argument("--pack", type=int, default=4, help="trials per pack (default: 4)")
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per variant")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--data-dir",
+                        default=os.environ.get("ENDEBIAS_DATA", "../shared/data/mnist"))
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    if args.pack < 1 or args.batches < 1:
+        parser.error("--pack and --batches must be >= 1")
+    device = torch.device(args.device)
+    config = make_config(args.preset, method="end", device=args.device, eval_subset=1,
+                         train_subset=(args.batches + 1) * 256, dataset_options={"rho": 0.997},
+                         amp=args.amp)
+    benchmark = load_benchmark(config, data_dir=args.data_dir, device=device)
+    fast = FastPath.resolve(device, amp=config.amp, compile="off", channels_last="off")
+    # Alpha and beta spread as a sweep would try them; the cost does not depend on them.
+    settings = [(0.1 * (k + 1), 0.05 * (k + 1)) for k in range(args.pack)]
+    solos = []
+    for alpha, beta in settings:
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, num_classes=10, input_shape=benchmark.input_shape,
+                            **config.model_options)
+        solos.append(build_method(
+            "end", model=model, num_targets=10, num_biases=10, alpha=alpha, beta=beta,
+            train_targets=benchmark.train.targets, train_biases=benchmark.train.biases,
+        ).to(device))
+    packed = build_packed(solos, [s.state_dict() for s in solos],
+                          model_options=config.model_options, num_classes=10,
+                          in_channels=benchmark.input_shape[0]).to(device)
+    optimizers = [torch.optim.Adam(s.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+                  for s in solos]
+    packed_optimizer = torch.optim.Adam(packed.parameters(), lr=config.lr,
+                                        weight_decay=config.weight_decay)
+    train = benchmark.train
+
+    def batch(number: int):
+        part = Split(*(t[number * 256 : (number + 1) * 256]
+                       for t in (train.inputs, train.targets, train.biases)))
+        return dataclasses.replace(benchmark, train=part)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def solo_turn(number: int) -> float:
+        sync()
+        started = time.perf_counter()
+        for solo, optimizer in zip(solos, optimizers, strict=True):
+            train_epoch(solo, optimizer, batch(number), config, 1, False,
+                        StepRunner(solo.training_step, fast))
+        sync()
+        return time.perf_counter() - started
+
+    def packed_turn(number: int) -> float:
+        sync()
+        started = time.perf_counter()
+        train_packed_epoch(packed, packed_optimizer, batch(number), config, 1, fast)
+        sync()
+        return time.perf_counter() - started
+
+    solo_turn(0), packed_turn(0)  # warm-up
+    solo_times, packed_times = [], []
+    for number in range(1, args.batches + 1):
+        solo_times.append(solo_turn(number))
+        packed_times.append(packed_turn(number))
+    ratio = statistics.median(s / p for s, p in zip(solo_times, packed_times, strict=True))
+    solo_per_trial = sum(solo_times) / args.batches / args.pack
+    packed_per_trial = sum(packed_times) / args.batches / args.pack
+    print(f"{args.preset} preset, {args.device}, pack {args.pack}, {args.batches} batches of 256,"
+          f" fast path: {fast.describe()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print("| variant | seconds per batch per trial |\n|---|---:|")
+    print(f"| solo | {solo_per_trial:.3f} |\n| packed | {packed_per_trial:.3f} |")
+    print(f"packed vs solo per trial: {ratio:.2f}x faster (median of {args.batches} paired "
+          f"turns; overall {solo_per_trial / packed_per_trial:.2f}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "preset": args.preset, "device": args.device, "pack": args.pack,
+            "batches": args.batches, "fast_path": fast.describe(), "torch": torch.__version__,
+            "solo_seconds_per_batch_per_trial": solo_per_trial,
+            "packed_seconds_per_batch_per_trial": packed_per_trial,
+            "speedup_paired_median": ratio, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        }, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
