@@ -181,3 +181,23 @@ def test_tracking_options_parse_on_both_commands():
     assert (train.wandb, train.tensorboard) == ("p", True)
     assert (agent.wandb, agent.tensorboard) == (None, False)
     assert json.dumps(vars(agent), default=str)  # nothing odd in the namespace
+
+
+def test_a_resumed_run_keeps_one_tensorboard_file_with_every_epoch(tmp_path):
+    pytest.importorskip("tensorboard", reason="needs pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from endebias.training.tracking import run_mirror
+
+    write_epochs(tmp_path, [(1, 0.5), (2, 0.7)])
+    killed = run_mirror(tmp_path, config={}, name="r", tensorboard=True)
+    killed.on_epoch(2, {"epoch": 2})  # the process dies here: no finish
+    write_epochs(tmp_path, [(1, 0.5), (2, 0.7), (3, 0.6)])
+    resumed = run_mirror(tmp_path, config={}, name="r", tensorboard=True)
+    resumed.on_epoch(3, {"epoch": 3})
+    resumed.finish(state="COMPLETE")
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    assert [(e.step, round(e.value, 6)) for e in accumulator.Scalars("valid_acc")] == [
+        (1, 0.5), (2, 0.7), (3, 0.6)]
