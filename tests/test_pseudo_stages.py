@@ -229,3 +229,43 @@ def test_cli_rejects_bad_options_in_one_line(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("endebias: error:") and message in err and err.count("\n") == 0
     assert not out.exists()  # nothing written for a run that never started
+
+
+def test_results_by_method_shows_pseudo_label_runs_and_their_agreement(tmp_path):
+    """Records written here with known agreement values; the table is JSON-only code."""
+    from endebias.report import comparison
+
+    folder = tmp_path / "runs"
+    agreements = {("cluster", 1): (0.5, 0.9), ("cluster", 2): (0.7, 0.95),
+                  ("predictions", 1): (0.8, 0.99)}
+    for name, labelling, seed in [("true-1", None, 1), ("cl-1", "cluster", 1),
+                                  ("cl-2", "cluster", 2), ("pr-1", "predictions", 1)]:
+        run_dir = folder / name
+        config = {"dataset": "biased-mnist", "dataset_options": {"rho": 0.997},
+                  "method": "end", "method_options": {"alpha": 1.0}, "seed": seed}
+        if labelling:
+            config["bias_labels"] = "pseudo"
+            config["pseudo_options"] = {**PSEUDO_DEFAULTS, "labelling": labelling}
+            nmi, matched = agreements[labelling, seed]
+            records.atomic_write_json(run_dir / AGREEMENT, {"nmi": nmi, "matched_acc": matched})
+        records.atomic_write_json(run_dir / records.CONFIG, config)
+        records.atomic_write_json(run_dir / records.BEST, {
+            "epoch": 1, "valid_acc": 0.5, "biased_test_acc": 0.9, "unbiased_test_acc": 0.6,
+            "unbiased_test_acc_conflicting": 0.55})
+        (run_dir / records.DONE).write_text("")
+    cells, _ = comparison.group_runs(comparison.find_runs([folder]))
+    assert [(c.label, c.column, c.seeds) for c in cells] == [
+        ("end alpha=1", "biased-mnist", [1]),
+        ("end alpha=1 [pseudo: cluster k=2]", "biased-mnist", [1, 2]),
+        ("end alpha=1 [pseudo: predictions]", "biased-mnist", [1]),
+    ]
+    assert cells[0].agreement("nmi") is None
+    assert cells[1].agreement("nmi") == pytest.approx((60.0, 10.0))  # population std
+    assert cells[1].agreement("matched_acc") == pytest.approx((92.5, 2.5))
+    table = comparison.method_table(comparison.find_runs([folder]))
+    assert "| biased-mnist | end alpha=1 [pseudo: cluster k=2] | 1 2 |" in table
+    assert table.splitlines()[-1].startswith("Pseudo labels: agreement")
+    assert "60.00 ± 10.00 | 92.50 ± 2.50 |" in table
+    flat = json.loads(comparison.method_table(comparison.find_runs([folder]), fmt="json"))
+    assert [row["pseudo_nmi"] for row in flat] == [None, pytest.approx(60.0),
+                                                   pytest.approx(80.0)]

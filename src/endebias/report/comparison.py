@@ -28,6 +28,7 @@ from endebias.report.results import (
     sort_rows,
 )
 from endebias.training import records
+from endebias.training.bias_labels import AGREEMENT, AGREEMENT_KEYS
 
 METRICS = (
     ("biased", "biased_test_acc"),
@@ -40,7 +41,8 @@ PAPER_NAMES = {"vanilla": "Vanilla", "end": "EnD"}
 PAPER_DATASET = "biased-mnist"
 # Config entries that tell the rows apart (the method, its options, the vanilla variant)
 # or the runs within a cell (the seed): never a column of the table.
-ROW_KEYS = ("method", "method_options.", "seed", "model_options.normalize_features")
+ROW_KEYS = ("method", "method_options.", "seed", "model_options.normalize_features",
+            "bias_labels", "pseudo_options.")
 RHO_KEY = "dataset_options.rho"
 
 
@@ -58,11 +60,27 @@ class Cell:
     # Biased MNIST at several rhos, else whatever differs between the runs compared.
     column: str = ""
     dataset: str = ""
+    # How the training bias labels were made, for runs on pseudo labels (pseudo_label_kind).
+    bias_labels: str = ""
 
     @property
     def label(self) -> str:
         options = [f"{k}={_short(v)}" for k, v in sorted(self.options.items())]
-        return " ".join([self.method, *options, *([f"[{self.variant}]"] if self.variant else [])])
+        tags = [f"[{tag}]" for tag in (self.variant, self.bias_labels) if tag]
+        return " ".join([self.method, *options, *tags])
+
+    def agreement(self, key: str) -> tuple[float, float] | None:
+        """Mean and std over the runs of a pseudo-label agreement value (``nmi``,
+        ``matched_acc``; x100) from each run's pseudo_labels.json, where there is one."""
+        values = []
+        for run in self.runs:
+            try:
+                value = records.read_json(run.path / AGREEMENT).get(key)
+            except (OSError, ValueError, AttributeError):  # none, or unreadable
+                continue
+            if isinstance(value, int | float):
+                values.append(100 * value)
+        return mean_std(values)
 
     @property
     def seeds(self) -> list[int]:
@@ -89,6 +107,17 @@ def model_variant(config: dict[str, Any]) -> str:
         return ""
     normalised = config.get("model_options", {}).get("normalize_features", True)
     return "EnD model" if normalised else "ReBias model"
+
+
+def pseudo_label_kind(config: dict[str, Any]) -> str:
+    """``pseudo: cluster k=2`` / ``pseudo: predictions`` for a run trained on pseudo bias
+    labels (--bias-labels pseudo), ``""`` for one on the dataset's own."""
+    if config.get("bias_labels", "given") == "given":
+        return ""
+    options = config.get("pseudo_options", {})
+    labelling = options.get("labelling", "?")
+    k = f" k={options.get('k')}" if labelling == "cluster" else ""
+    return f"pseudo: {labelling}{k}"
 
 
 def _short(value: Any) -> str:
@@ -139,7 +168,8 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
             cells[key] = Cell(run.config.get("method", "?"), run.config.get("method_options", {}),
                               None if rho is None else float(rho),
                               variant=_variant_if_vanilla(run.config),
-                              dataset=str(run.config.get("dataset", "?")))
+                              dataset=str(run.config.get("dataset", "?")),
+                              bias_labels=pseudo_label_kind(run.config))
         cells[key].runs.append(run)
     _set_columns(list(cells.values()))
 
@@ -226,6 +256,10 @@ def method_table(runs: list[Run], *, fmt: str = "markdown") -> str:
             row["seconds_per_epoch"] = None if seconds is None else seconds[0]
             paper = _paper(cell)
             row["paper_unbiased"] = None if paper is None else paper[0]
+            if any(c.bias_labels for c in cells):
+                for key in AGREEMENT_KEYS:
+                    stat = cell.agreement(key)
+                    row[f"pseudo_{key}"] = None if stat is None else stat[0]
             flat.append(row)
         if fmt == "json":
             return records.dumps(flat, indent=2) + "\n"
@@ -275,8 +309,10 @@ def _long(cells: list[Cell], unfinished: int) -> str:
     keys = column_keys(cells)
     first = "rho" if keys == [RHO_KEY] else "setting" if keys else "dataset"
     with_paper = any(_paper(cell) is not None for cell in cells)
+    with_pseudo = any(cell.bias_labels for cell in cells)
     header = [first, "method", "seeds", *(name for name, _ in METRICS), "s / epoch",
-              *(["unbiased, paper"] if with_paper else [])]
+              *(["unbiased, paper"] if with_paper else []),
+              *(["pseudo labels: NMI", "matched"] if with_pseudo else [])]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
     for cell in cells:
         seconds = cell.seconds_per_epoch()
@@ -285,8 +321,13 @@ def _long(cells: list[Cell], unfinished: int) -> str:
         values = [_pm(cell.stat(key)) for _, key in METRICS]
         values.append("-" if seconds is None else f"{seconds[0]:.0f}")
         values += [_pm(paper, digits)] if with_paper else []
+        values += [_pm(cell.agreement(key)) for key in AGREEMENT_KEYS] if with_pseudo else []
         seeds = " ".join(map(str, cell.seeds))
         lines.append("| " + " | ".join([cell.column, cell.label, seeds, *values]) + " |")
+    if with_pseudo:
+        lines += ["", "Pseudo labels: agreement with the dataset's bias labels on the training "
+                  "split (x100): normalised mutual information, and accuracy after the best "
+                  "one-to-one matching of pseudo labels to bias values."]
     if unfinished:
         lines += ["", f"{unfinished} unfinished or failed run(s) left out."]
     return "\n".join(lines) + "\n"

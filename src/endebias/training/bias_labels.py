@@ -13,6 +13,10 @@ from typing import Any
 BIAS_LABELS = ("given", "pseudo")
 STAGE1_KINDS = ("vanilla", "gce")
 LABELLINGS = ("cluster", "predictions")
+# A pseudo-label run's agreement of its labels with the dataset's (where it has them),
+# read by `results --by-method` (report.comparison).
+AGREEMENT = "pseudo_labels.json"
+AGREEMENT_KEYS = ("nmi", "matched_acc")
 
 # The defaults of ``pseudo_options``, each recorded in config.json so a run says how its
 # labels were made. Chosen by the measurements in docs/results.md ("EnD without bias

@@ -34,6 +34,7 @@ from endebias.metrics import aligned_groups, group_counts
 from endebias.models import build_model
 from endebias.pseudo_labels import pseudo_bias_labels
 from endebias.training import records
+from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import TrainConfig
 from endebias.training.fit import RunAlreadyExistsError, fit, load_benchmark, resolve_device
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 STAGE1 = "stage1"
 LABELS = "pseudo_labels.npz"
-AGREEMENT = "pseudo_labels.json"
 
 
 def stage1_config(config: TrainConfig) -> TrainConfig:
