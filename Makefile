@@ -3,11 +3,15 @@
 #   make test   runs the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# MNIST: ENDEBIAS_DATA if set, else the copy beside the checkout, else ~/.cache/endebias.
-DATA ?= $(or $(ENDEBIAS_DATA),$(wildcard ../shared/data/mnist))
-DATA_ARG := $(if $(DATA),--data-dir $(DATA),)
+# Every command finds MNIST the same way (src/endebias/data/mnist.py): --data-dir, then
+# $ENDEBIAS_DATA, then the user cache ~/.cache/endebias, downloading there when online.
+# The Makefile passes no data folder of its own. On an offline machine with a copy beside
+# the checkout, `make data` links that copy into the cache once, so that `make demo` and a
+# later `endebias train` find the same files.
+CACHE := $(HOME)/.cache/endebias
+LOCAL_MNIST := $(wildcard $(abspath ..)/shared/data/mnist)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo data test lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,8 +19,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-demo: $(VENV)/.installed
-	$(PY) -m endebias demo $(DATA_ARG) --out demo-output
+data:
+	@if [ -z "$$ENDEBIAS_DATA" ] && [ -n "$(LOCAL_MNIST)" ] && [ ! -e "$(CACHE)/mnist" ] \
+	    && [ ! -L "$(CACHE)/mnist" ]; then \
+	    mkdir -p "$(CACHE)" && ln -s "$(LOCAL_MNIST)" "$(CACHE)/mnist" \
+	    && echo "linked $(CACHE)/mnist -> $(LOCAL_MNIST)"; fi
+
+demo: $(VENV)/.installed data
+	$(VENV)/bin/endebias demo --out demo-output
+	@echo "endebias is installed in $(VENV)/bin: 'source $(VENV)/bin/activate' puts it on PATH"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
