@@ -80,13 +80,12 @@ def load_square(
 
 
 @contextlib.contextmanager
-def _pillow_limit(max_pixels: int) -> Iterator[None]:
-    """Let Pillow open images up to ``max_pixels`` (its own global limit refuses images
-    above twice its default); :func:`load_square` applies ``max_pixels`` itself. The
-    global is restored after, so other users of Pillow in the process keep theirs."""
+def _pillow_limit() -> Iterator[None]:
+    """Pillow's own limit off while we decode: :func:`load_square` applies ours from the
+    image header, with the file's size in the message, and may be raised above Pillow's.
+    The global is restored after, so other users of Pillow keep theirs."""
     previous = Image.MAX_IMAGE_PIXELS
-    if previous is not None and max_pixels > previous:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.MAX_IMAGE_PIXELS = None
     try:
         yield
     finally:
@@ -115,7 +114,7 @@ def decode_images(
 
     starts = range(0, len(paths), _CHUNK)
     bar = tqdm(total=len(paths), desc=description, unit="img", disable=not progress)
-    with bar, _pillow_limit(max_pixels):
+    with bar, _pillow_limit():
         if workers <= 0:
             for start in starts:
                 bar.update(work(start))
