@@ -185,15 +185,15 @@ def methods_report(runs: list[Run], *, title: str = "Methods side by side") -> s
     sections = ["<h2>Tables</h2>", markdown_to_html(table), "<h2>Figures</h2>"]
     for rho in sorted({c.rho for c in cells}, key=lambda r: (r is None, -(r or 0))):
         chosen = [c for c in cells if c.rho == rho]
-        shown = "-" if rho is None else f"{rho:.3f}"
+        at = "" if rho is None else f", rho {rho:.3f}"
         stats = {name: [c.stat(key) for c in chosen] for name, key in comparison.METRICS}
-        caption = f"rho {shown}: test accuracy (%) per method, mean ± std over seeds"
+        caption = f"Test accuracy (%) per method{at}, mean ± std over seeds"
         sections.append(_image(report_figures.method_bars_png(
             [c.label for c in chosen], stats, title=caption), caption))
         for cell in chosen:
             matrix = report_figures.mean_group_matrix(cell.runs, "unbiased_test")
             if matrix is not None:
-                label = (f"{cell.label}, rho {shown}: unbiased test accuracy per group (%), "
+                label = (f"{cell.label}{at}: unbiased test accuracy per group (%), "
                          f"mean of {len(cell.runs)} seed(s)")
                 sections.append(_image(report_figures.group_matrix_png(matrix, title=label),
                                        label))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -43,8 +44,8 @@ def group_matrix_png(rows: Sequence[Sequence[float | None]], *, title: str) -> b
             colour = "black" if value > 60 else "white"  # readable on viridis
             axis.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=7,
                       color=colour)
-    axis.set(xlabel="bias (colour)", ylabel="target (digit)", title=title)
-    axis.title.set_fontsize(9)
+    axis.set(xlabel="bias (colour)", ylabel="target (digit)")
+    axis.set_title(textwrap.fill(title, 48), fontsize=9)
     axis.set_xticks(range(biases))
     axis.set_yticks(range(targets))
     fig.colorbar(image, ax=axis, fraction=0.046)
@@ -103,7 +104,8 @@ def method_bars_png(
         axis.bar(xs, means, width, yerr=errors, capsize=3, label=metric)
     axis.set_xticks(range(len(labels)))
     axis.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
-    axis.set(ylabel="accuracy (%)", ylim=(0, 100), title=title)
+    axis.set(ylabel="accuracy (%)", ylim=(0, 100))
+    axis.set_title(textwrap.fill(title, 70), fontsize=10)
     axis.grid(alpha=0.3, axis="y")
     axis.legend(fontsize=8)
     return figure_png(fig)
