@@ -87,6 +87,7 @@ def check_tensorboard(run_dir):
 
 @pytest.mark.slow
 def test_train_mirrors_its_records_to_wandb_and_tensorboard(tmp_path, offline_wandb):
+    pytest.importorskip("tensorboard", reason="needs pip install tensorboard")
     out = tmp_path / "run"
     assert main(["train", *SMALL_RUN, "--out", str(out), "--wandb", "endebias-tests",
                  "--tensorboard"]) == 0
@@ -97,6 +98,7 @@ def test_train_mirrors_its_records_to_wandb_and_tensorboard(tmp_path, offline_wa
 
 @pytest.mark.slow
 def test_sweep_agent_mirrors_each_trial(tmp_path, offline_wandb):
+    pytest.importorskip("tensorboard", reason="needs pip install tensorboard")
     sweep_file = tmp_path / "s.yaml"
     sweep_file.write_text(yaml.safe_dump({"method": "random", "run_cap": 1, "parameters": {
         "alpha": {"min": 0.0, "max": 1.0}, "method": {"value": "end"},
