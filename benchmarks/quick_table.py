@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.OPTION=VALUE",
                         help="set one method option by hand, e.g. a sweep's best setting "
                              "read from docs/results.md when its storage is gone")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                        help="bf16 autocast (on: also on CPU; folders get a -bf16 suffix)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,8 +74,9 @@ def main() -> None:
         for rho in args.rhos:
             for method in args.methods:
                 config = make_config("quick", dataset_options={"rho": rho}, method=method,
-                                     method_options=options[method], seed=seed)
-                run_dir = Path(args.out) / f"{method}-rho{rho}-seed{seed}"
+                                     method_options=options[method], seed=seed, amp=args.amp)
+                suffix = "-bf16" if args.amp == "on" else ""
+                run_dir = Path(args.out) / f"{method}-rho{rho}-seed{seed}{suffix}"
                 started = time.perf_counter()
                 best = fit(config, run_dir, data_dir=args.data_dir, resume=True, progress=False)
                 print(f"{method} rho={rho} seed={seed}: unbiased "
