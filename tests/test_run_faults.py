@@ -291,3 +291,17 @@ def test_lock_release_and_reacquire(tmp_path):
     again = RunLock.acquire(tmp_path / "run")
     again.abandon()  # the folder existed before this acquire: it stays
     assert (tmp_path / "run").is_dir()
+
+
+def test_finished_epochs_without_any_checkpoint_are_not_trained_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    _one_epoch_of(train_args(run, epochs=2))
+    (run / records.CHECKPOINT).unlink()
+    metrics = (run / records.METRICS).read_bytes()
+    code, err = run_cli(capsys, train_args(run, "--resume", epochs=2))
+    assert code == 2
+    assert one_error_line(err) == (
+        f"endebias: error: {run} has finished epochs on record but no checkpoint; --resume "
+        "refuses (move the folder away to train the run again)"
+    )
+    assert (run / records.METRICS).read_bytes() == metrics
