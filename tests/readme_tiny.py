@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-SIZE = os.environ.get("ENDEBIAS_README_SIZE", "128")
+SIZE = os.environ.get("ENDEBIAS_README_SIZE", "64")
 TINY = ["--epochs", "1", "--train-subset", SIZE, "--eval-subset", SIZE, "--no-progress"]
 AS_WRITTEN = {"results", "plot", "report"}
 # Options of the main parser that come before the subcommand and take no value.

@@ -6,7 +6,7 @@ continuations joined, comment lines dropped. Each block runs as one bash script
 (``set -euo pipefail``; so ``ID=$(...)``, ``&`` and ``wait`` work) in a fresh folder laid
 out like a checkout: the repository folders the commands read (``INPUTS``) copied in,
 ``../shared`` beside it when the real one exists. PATH starts with a stand-in for
-``endebias`` (``tests/readme_tiny.py``: the same command with ``--epochs 1`` and 128
+``endebias`` (``tests/readme_tiny.py``: the same command with ``--epochs 1`` and 64
 images per split, a sweep capped at two such trials), then the virtual environment's
 ``bin`` — what ``source .venv/bin/activate`` gives.
 
