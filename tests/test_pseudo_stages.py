@@ -42,7 +42,10 @@ def pseudo_config(**options) -> TrainConfig:
 
 def test_three_stages_write_their_records(tmp_path):
     config = pseudo_config()
-    best = fit_with_bias_labels(config, tmp_path, progress=False)
+    seen = []  # on_epoch belongs to the run itself: stage 3's epochs, not stage 1's
+    best = fit_with_bias_labels(config, tmp_path, progress=False,
+                                on_epoch=lambda epoch, record: seen.append(epoch))
+    assert seen == [1, 2]
     recorded = records.read_json(tmp_path / records.CONFIG)
     assert recorded["bias_labels"] == "pseudo"
     assert recorded["pseudo_options"] == {**PSEUDO_DEFAULTS, "stage1_epochs": 2}
@@ -96,12 +99,12 @@ import os, signal, sys
 from endebias.training.pseudo_labels import fit_with_bias_labels
 from endebias.training.config import TrainConfig
 config = TrainConfig.from_dict({config})
-calls = []
-def on_epoch(epoch, record):
-    calls.append(epoch)
-    if len(calls) == {kill_at}:
+lines = []
+def echo(line):  # called once per epoch of either stage, after its records are written
+    lines.append(line)
+    if len(lines) == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
-fit_with_bias_labels(config, sys.argv[1], resume=True, progress=False, on_epoch=on_epoch)
+fit_with_bias_labels(config, sys.argv[1], resume=True, progress=False, echo=echo)
 """
 
 
@@ -211,7 +214,8 @@ def test_cli_trains_with_pseudo_labels(tmp_path, capsys):
     assert main(argv) == 0
     recorded = json.loads((out / records.CONFIG).read_text())
     assert recorded["pseudo_options"]["labelling"] == "predictions"
-    assert "best epoch 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stage 1 | epoch   1" in printed and "best epoch 1" in printed
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from endebias.models import build_model
 from endebias.pseudo_labels import pseudo_bias_labels
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
+from endebias.training.checkpoint import load_checkpoint
 from endebias.training.config import TrainConfig
 from endebias.training.fit import RunAlreadyExistsError, fit, load_benchmark, resolve_device
 
@@ -113,7 +115,9 @@ def derive_labels(
         num_biases=benchmark.num_biases, train_targets=benchmark.train.targets,
         train_biases=benchmark.train.biases, **first.method_options,
     ).to(device)
-    state = torch.load(stage1_dir / records.CHECKPOINT, map_location=device, weights_only=True)
+    state = load_checkpoint(stage1_dir)  # verified; falls back to the previous good one
+    if state is None:
+        raise FileNotFoundError(f"{stage1_dir} holds no checkpoint of the stage-1 model")
     method.load_state_dict(state["method"])
     options = config.pseudo_options
     labels = pseudo_bias_labels(
@@ -157,12 +161,16 @@ def _check_method(config: TrainConfig) -> None:
 
 def fit_with_bias_labels(
     config: TrainConfig, run_dir: str | Path, *, data_dir: str | None = None,
-    resume: bool = False, **fit_options: Any,
+    resume: bool = False, progress: bool = True,
+    echo: Callable[[str], None] | None = None, **fit_options: Any,
 ) -> dict[str, Any]:
     """:func:`~endebias.training.fit.fit` for any ``config.bias_labels``: ``given`` is
-    ``fit`` itself; ``pseudo`` runs the three stages into ``run_dir``."""
+    ``fit`` itself; ``pseudo`` runs the three stages into ``run_dir``. Stage 1 gets
+    ``progress`` and ``echo`` (its lines marked ``stage 1``) but not the other options
+    (``on_epoch``...), which belong to the run itself."""
     if config.bias_labels == "given":
-        return fit(config, run_dir, data_dir=data_dir, resume=resume, **fit_options)
+        return fit(config, run_dir, data_dir=data_dir, resume=resume, progress=progress,
+                   echo=echo, **fit_options)
     _check_method(config)
     run_dir = Path(run_dir)
     config_path = run_dir / records.CONFIG
@@ -185,7 +193,8 @@ def fit_with_bias_labels(
     stage1_dir = run_dir / STAGE1
     log.info("stage 1: %s bias-capturing model, %d epochs, in %s",
              first.method, first.epochs, stage1_dir)
-    fit(first, stage1_dir, data_dir=data_dir, resume=True, **fit_options)
+    fit(first, stage1_dir, data_dir=data_dir, resume=True, progress=progress,
+        echo=None if echo is None else lambda line: echo(f"stage 1 | {line}"))
 
     labels_path = run_dir / LABELS
     labels = read_labels(labels_path)
@@ -202,6 +211,6 @@ def fit_with_bias_labels(
                  "NMI %.3f, matched accuracy %.4f", agreement["num_pseudo_labels"],
                  agreement["nmi"], agreement["matched_acc"])
     log.info("stage 3: %s on the pseudo labels in %s", config.method, run_dir)
-    return fit(config, run_dir, data_dir=data_dir, resume=True,
+    return fit(config, run_dir, data_dir=data_dir, resume=True, progress=progress, echo=echo,
                prepare_benchmark=lambda benchmark: use_labels(benchmark, labels),
                **fit_options)
