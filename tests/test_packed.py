@@ -266,3 +266,59 @@ def test_the_rebias_variant_packs_with_its_raw_feature_classifier():
     logits, _ = packed.model(inputs)
     for position, solo in enumerate(solos):
         torch.testing.assert_close(logits[:, position], solo(inputs), rtol=1e-9, atol=1e-10)
+
+
+def test_a_member_whose_folder_another_process_holds_is_left_out(tmp_path: Path):
+    """A second process holds member 1's run folder: member 1 is refused with fit's
+    message, nothing is written there, and the others train."""
+    import subprocess
+    import sys
+
+    configs = [config(epochs=1, method_options={"alpha": a, "beta": b}) for a, b in SETTINGS]
+    dirs = [tmp_path / f"packed{i}" for i in range(3)]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom endebias.training.run_lock import RunLock\n"
+         "RunLock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)",
+         str(dirs[1])], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        outcomes = fit_packed(configs, dirs)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert type(outcomes[1]).__name__ == "RunInUseError"
+    assert f"in use by process {holder.pid}" in str(outcomes[1])
+    assert not (dirs[1] / records.CONFIG).exists()
+    assert all((dirs[n] / records.DONE).exists() for n in (0, 2))
+    assert records.read_metrics(dirs[0])[0]["pack_size"] == 2
+
+
+def test_a_damaged_member_checkpoint_falls_back_to_the_previous_one(tmp_path: Path):
+    """Both members stop after epoch 2; a flipped byte in member 0's checkpoint makes its
+    resume start from the previous checkpoint (epoch 1), member 1's from epoch 2: they
+    train as two packs and both end as their solo runs."""
+    configs = [config(epochs=3, method_options={"alpha": a, "beta": b}) for a, b in SETTINGS[:2]]
+    dirs = [tmp_path / "packed0", tmp_path / "packed1"]
+
+    def stop_at_two(index, epoch, record):
+        if epoch == 2:
+            raise _Killed
+
+    assert all(isinstance(o, _Killed) for o in fit_packed(configs, dirs, on_epoch=stop_at_two))
+    checkpoint = dirs[0] / records.CHECKPOINT
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    outcomes = fit_packed(configs, dirs, resume=True)
+    history = records.read_metrics(dirs[0])
+    assert [r["pack_size"] for r in history] == [2, 1, 1]  # epoch 2 trained again, alone
+    for number in range(2):
+        best = fit(configs[number], tmp_path / f"solo{number}", progress=False)
+        assert outcomes[number]["valid_acc"] == best["valid_acc"]
+        assert_same_history(records.read_metrics(dirs[number]),
+                            records.read_metrics(tmp_path / f"solo{number}"))
+
+
+def test_pseudo_bias_labels_cannot_pack():
+    with pytest.raises(PackError, match="pseudo labels"):
+        check_packable(config(bias_labels="pseudo"))

@@ -10,8 +10,9 @@ separate packs, one after the other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +26,11 @@ from endebias.methods import Method, build_method
 from endebias.metrics import aligned_groups, group_counts
 from endebias.models import build_model
 from endebias.training import distributed, records
+from endebias.training.checkpoint import load_checkpoint, save_checkpoint
 from endebias.training.config import TrainConfig
 from endebias.training.epoch import NonFiniteLossError
 from endebias.training.fastpath import FastPath
-from endebias.training.fit import (
-    RunAlreadyExistsError,
-    format_epoch,
-    load_benchmark,
-    resolve_device,
-)
+from endebias.training.fit import existing_run, format_epoch, load_benchmark, resolve_device
 from endebias.training.packed import (
     PackedMethod,
     PackError,
@@ -44,6 +41,7 @@ from endebias.training.packed import (
     member_state,
     pack_key,
 )
+from endebias.training.run_lock import RunInUseError, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +55,13 @@ class Member:
     config: TrainConfig
     run_dir: Path
     solo: Method
+    lock: RunLock
     state: dict[str, Any] = field(default_factory=dict)  # the solo-format checkpoint
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
     return max(history, key=lambda r: (r["valid_acc"], -r["epoch"]))
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _claim(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """fit's folder rules: another config or an unasked resume is an error; a finished
-    run returns its best record."""
-    config_path = run_dir / records.CONFIG
-    if not config_path.exists():
-        return None
-    if records.read_json(config_path) != config.to_dict():
-        raise RunAlreadyExistsError(f"{run_dir} holds a run with another config")
-    if not resume:
-        raise RunAlreadyExistsError(f"{run_dir} already holds this run; pass resume=True")
-    if (run_dir / records.DONE).exists():
-        return records.read_json(run_dir / records.BEST)
-    return None
 
 
 def fit_packed(
@@ -108,31 +86,40 @@ def fit_packed(
         raise PackError("packed runs train in one process; launch them without torchrun")
     config = configs[0]
     outcomes: list[Outcome | None] = [None] * len(configs)
-    todo = []
-    for index, (cfg, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
-        finished = _claim(cfg, Path(run_dir), resume)
-        if finished is not None:
-            outcomes[index] = finished
-        else:
-            todo.append((index, cfg, Path(run_dir)))
-    if not todo:
-        return outcomes  # type: ignore[return-value]
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    benchmark = load_benchmark(config, data_dir=data_dir, device=device)
-    members = [_member(index, cfg, run_dir, benchmark, resume) for index, cfg, run_dir in todo]
-    for member in members:
-        member.run_dir.mkdir(parents=True, exist_ok=True)
-        records.atomic_write_json(member.run_dir / records.CONFIG, member.config.to_dict())
-        (member.run_dir / records.ERROR).unlink(missing_ok=True)
-    for done in sorted({len(m.history) for m in members}):
-        group = [m for m in members if len(m.history) == done]
-        _Pack(group, benchmark, device, on_epoch, echo).run(outcomes)
+    with contextlib.ExitStack() as locks:
+        todo = []
+        for index, (cfg, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
+            # fit's rules, per member: the folder's lock first, then what it holds.
+            try:
+                lock = RunLock.acquire(run_dir)
+            except RunInUseError as error:
+                outcomes[index] = error
+                continue
+            locks.callback(lock.release)
+            records.remove_temp_files(Path(run_dir))
+            finished = existing_run(cfg, Path(run_dir), resume=resume)
+            if finished is not None:
+                outcomes[index] = finished
+            else:
+                todo.append((index, cfg, Path(run_dir), lock))
+        if todo:
+            device = resolve_device(config.device)
+            torch.manual_seed(config.seed)
+            benchmark = load_benchmark(config, data_dir=data_dir, device=device)
+            members = [_member(*item, benchmark, resume) for item in todo]
+            for member in members:
+                member.lock.check()
+                records.atomic_write_json(member.run_dir / records.CONFIG, member.config.to_dict())
+                (member.run_dir / records.ERROR).unlink(missing_ok=True)
+            for done in sorted({len(m.history) for m in members}):
+                group = [m for m in members if len(m.history) == done]
+                _Pack(group, benchmark, device, on_epoch, echo).run(outcomes)
     return outcomes  # type: ignore[return-value]
 
 
 def _member(
-    index: int, config: TrainConfig, run_dir: Path, benchmark: Benchmark, resume: bool
+    index: int, config: TrainConfig, run_dir: Path, lock: RunLock, benchmark: Benchmark,
+    resume: bool,
 ) -> Member:
     torch.manual_seed(config.seed)  # the solo run's initial weights, exactly
     model = build_model(
@@ -144,12 +131,14 @@ def _member(
         num_biases=benchmark.num_biases, train_targets=benchmark.train.targets,
         train_biases=benchmark.train.biases, **config.method_options,
     )
-    member = Member(index, config, run_dir, solo, {"method": solo.state_dict()})
-    checkpoint = run_dir / records.CHECKPOINT
-    if resume and checkpoint.exists():
-        member.state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        member.history = member.state["history"]
+    member = Member(index, config, run_dir, solo, lock, {"method": solo.state_dict()})
+    state = load_checkpoint(run_dir) if resume else None  # verified; falls back to .prev
+    if state is not None:
+        member.state, member.history = state, list(state["history"])
         log.info("resuming %s after epoch %d", run_dir, len(member.history))
+    elif resume and records.read_metrics(run_dir):
+        raise ValueError(f"{run_dir} has finished epochs on record but no checkpoint; "
+                         "--resume refuses (move the folder away to train the run again)")
     return member
 
 
@@ -201,6 +190,8 @@ class _Pack:
         size = len(self.members)
         state, optimizer = self.packed.state_dict(), self.optimizer.state_dict()
         keep = [p for p in range(size) if p not in leaving]
+        for position in leaving:
+            self.members[position].lock.release()  # its folder is free for whoever is next
         self.members = [self.members[p] for p in keep]
         if self.members:
             self._build([member_state(state, p, size) for p in keep],
@@ -235,9 +226,7 @@ class _Pack:
             for position, member in enumerate(self.members):
                 if position in diverged:
                     leaving.add(position)
-                    outcomes[member.index] = error = NonFiniteLossError(diverged[position])
-                    records.atomic_write_json(member.run_dir / records.ERROR, {
-                        "error": type(error).__name__, "message": str(error)})
+                    outcomes[member.index] = self._fail(member, diverged[position])
                     continue
                 record: dict[str, Any] = {"epoch": epoch, "lr": lr}
                 record.update({f"train_{k}": v for k, v in stats[position].items()})
@@ -247,14 +236,21 @@ class _Pack:
                 record["seconds"] = seconds
                 # Seconds are the whole pack's: one epoch of this run cost seconds / pack_size.
                 record["pack_size"] = size
+                problem = _non_finite(record, epoch)
+                if problem is not None:  # as fit: an overflow in the epoch's sums
+                    leaving.add(position)
+                    outcomes[member.index] = self._fail(member, problem)
+                    continue
                 member.history.append(records.json_safe(record))
-                _save(member.run_dir / records.CHECKPOINT, {
+                member.lock.check()
+                save_checkpoint(member.run_dir / records.CHECKPOINT, {
                     "history": member.history,
                     "method": member_state(state, position, size),
                     "optimizer": member_optimizer_state(optimizer, self.names, position, size),
                     "scheduler": self.scheduler.state_dict(),
                     "rng": torch.get_rng_state(),
                 })
+                member.lock.check()
                 records.write_metrics(member.run_dir, member.history)
                 records.atomic_write_json(member.run_dir / records.BEST, _best(member.history))
                 if self.echo is not None:
@@ -268,5 +264,25 @@ class _Pack:
             if leaving:
                 self._drop(leaving)
         for member in self.members:
+            member.lock.check()
             (member.run_dir / records.DONE).write_text("")
             outcomes[member.index] = _best(member.history)
+
+    @staticmethod
+    def _fail(member: Member, message: str) -> NonFiniteLossError:
+        """The solo run's error record; the folder keeps its last good checkpoint."""
+        error = NonFiniteLossError(message)
+        member.lock.check()
+        records.atomic_write_json(member.run_dir / records.ERROR,
+                                  {"error": type(error).__name__, "message": str(error)})
+        return error
+
+
+def _non_finite(record: dict[str, Any], epoch: int) -> str | None:
+    """fit's check of an epoch record: training losses and the valid accuracy must be
+    finite (empty groups' accuracies are NaN by design)."""
+    for key, value in record.items():
+        watched = key.startswith("train_") or key == "valid_acc"
+        if watched and isinstance(value, float) and not math.isfinite(value):
+            return f"non-finite {key} ({value}) at epoch {epoch}"
+    return None
