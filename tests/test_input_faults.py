@@ -121,6 +121,7 @@ def test_tabular_column_errors_name_the_column_and_list_the_columns(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_tabular_trains_its_declared_mlp_and_a_wrong_model_leaves_no_folder(tmp_path, capsys):
     code, err = run_cli(capsys, tabular_args(tmp_path, model=("--model", "simple-conv")))
     line = one_error_line(err)

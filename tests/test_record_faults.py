@@ -45,6 +45,7 @@ def _runs(folder: Path, count: int) -> list[Path]:
     return runs
 
 
+@pytest.mark.slow
 def test_results_skip_damaged_runs_naming_each_file(tmp_path, capsys, caplog):
     runs = _runs(tmp_path / "sweep", 4)
     metrics = runs[0] / records.METRICS
@@ -74,6 +75,7 @@ def test_results_fail_only_when_no_run_is_readable(tmp_path, capsys):
     assert "no readable run: all 2 are damaged" in one_error_line(err)
 
 
+@pytest.mark.slow
 def test_an_unreadable_record_is_one_warning_not_a_traceback(tmp_path):
     """Run as an unprivileged user where we are root (root reads any file)."""
     shared = Path(tempfile.mkdtemp(prefix="endebias-shared-"))
@@ -144,6 +146,7 @@ def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(tmp_path):
     assert len({json.dumps(r["train_loss"]) for r in whole}) == 4
 
 
+@pytest.mark.slow
 def test_a_damaged_labels_file_is_named_and_written_again(tmp_path, capsys):
     run = tmp_path / "run"
     config = make_config("quick", dataset="synthetic", epochs=2, batch_size=64, save_features=16,

@@ -55,6 +55,7 @@ def stop_after(last: int):
     return on_epoch
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_run_is_refused_with_the_holders_pid(tmp_path, capsys):
     run = tmp_path / "run"
     assert run_cli(capsys, train_args(run, epochs=1))[0] == 0
@@ -75,6 +76,7 @@ def test_a_second_process_on_the_run_is_refused_with_the_holders_pid(tmp_path, c
     assert run_cli(capsys, train_args(run, "--resume", epochs=1))[0] == 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run_cli(capsys, train_args(whole, epochs=8))[0] == 0
