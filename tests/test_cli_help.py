@@ -18,6 +18,7 @@ from endebias.methods import method_names
 from endebias.models import model_names
 from endebias.report import plots
 from endebias.report.results import Run
+from endebias.training.config import PRESETS
 
 
 def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -65,6 +66,7 @@ def test_every_demo_option_is_described_with_its_default(capsys) -> None:
     text = _help(capsys, "demo")
     assert "(default: 0.997)" in text and "(default: 42)" in text
     assert "(default: demo-output)" in text
+    assert f"(default: the quick preset's, {PRESETS['quick']['epochs']})" in text
 
 
 def test_building_the_parser_imports_no_torch() -> None:

@@ -29,9 +29,12 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=42, help="seed of both runs (default: %(default)s)"
     )
+    from endebias.training.config import PRESETS  # torch-free
+
     parser.add_argument(
         "--epochs", type=int,
-        help=f"epochs of both runs (default: the {DEMO_PRESET} preset's)",
+        help=f"epochs of both runs (default: the {DEMO_PRESET} preset's, "
+        f"{PRESETS[DEMO_PRESET]['epochs']})",
     )
     parser.add_argument(
         "--train-subset", type=int, metavar="N",
