@@ -167,3 +167,29 @@ def test_a_killed_packed_agent_is_requeued_and_resumed(tmp_path, capsys):
         # Resumed from each member's own checkpoint: the epochs before the kill stay as they were.
         assert len(after) == epochs and after[: len(earlier)] == earlier
         assert (run_dir / records.DONE).exists()
+
+
+def test_ctrl_c_puts_the_packed_trials_back_in_the_queue(tmp_path, capsys):
+    sweep_id, storage = create(tmp_path, capsys, sweep_file(tmp_path, run_cap=2, epochs=6))
+    command = [sys.executable, "-m", "endebias", "sweep", "agent", sweep_id, "--storage", storage,
+               "--pack", "2"]
+    agent_process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "runs" / sweep_id
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            p.stat().st_size > 0 for p in folder.glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    agent_process.send_signal(signal.SIGINT)
+    _, err = agent_process.communicate(timeout=60)
+    assert agent_process.returncode == 130, err[-2000:]
+    assert "the packed trials are back in the queue" in err
+    study = sweep_storage.load_study(sweep_id, storage=storage)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(failed) == 2 and len(waiting) == 2
+    assert sorted(t.user_attrs["requeued_from"] for t in waiting) == sorted(
+        t.number for t in failed)
+    # A waiting trial holds its parameters as fixed ones until an agent asks for it.
+    assert {tuple(sorted(t.system_attrs["fixed_params"].items())) for t in waiting} == {
+        tuple(sorted(t.params.items())) for t in failed}

@@ -151,8 +151,18 @@ def _run_round(study: optuna.Study, objective: Objective, wanted: int, data_dir:
 
         for item in asked:
             groups.setdefault(pack_key(item.config), []).append(item)
-        for group in groups.values():
-            _train_group(study, objective, group, data_dir, result)
+        try:
+            for group in groups.values():
+                _train_group(study, objective, group, data_dir, result)
+        except KeyboardInterrupt:
+            # Put every trial of the round not yet told back in the queue (the pack that
+            # was training and those still waiting): the next agent resumes their folders.
+            for item in asked:
+                if study._storage.get_trial(item.trial._trial_id).state == TrialState.RUNNING:
+                    study.enqueue_trial(item.trial.params,
+                                        user_attrs={"requeued_from": item.trial.number})
+                    _tell(study, item.trial, state=TrialState.FAIL)
+            raise
         return len(asked)
 
 
@@ -198,12 +208,6 @@ def _train_group(study: optuna.Study, objective: Objective, group: list[Asked],
             [item.config for item in group], [item.run_dir for item in group],
             data_dir=data_dir, resume=True, on_epoch=on_epoch, echo=echo,
         )
-    except KeyboardInterrupt:
-        # Put the same parameters back in the queue: the next agent resumes the folders.
-        for item in group:
-            study.enqueue_trial(item.trial.params, user_attrs={"requeued_from": item.trial.number})
-            _tell(study, item.trial, state=TrialState.FAIL)
-        raise
     except Exception as error:
         # The whole pack failed (bad data, a broken option): so did each trial, and, as in
         # the solo agent, the error stops the agent.
@@ -211,7 +215,8 @@ def _train_group(study: optuna.Study, objective: Objective, group: list[Asked],
             _finish(study, item.trial, error, result)
         raise
     for item, outcome in zip(group, outcomes, strict=True):
-        Objective._report(item.trial, item.run_dir, item.reported)
+        with contextlib.suppress(RuntimeError, ValueError):  # a trial another agent failed
+            Objective._report(item.trial, item.run_dir, item.reported)
         _finish(study, item.trial, outcome, result)
 
 
@@ -233,12 +238,14 @@ def _finish(study: optuna.Study, trial: optuna.Trial, outcome: Any, result: Agen
         result.pruned += 1
         log.info("trial %d %s", trial.number, outcome)
     elif isinstance(outcome, TrialSkipped):
-        trial.set_user_attr("skipped", str(outcome))
+        with contextlib.suppress(RuntimeError, ValueError):  # finished by another agent
+            trial.set_user_attr("skipped", str(outcome))
         _tell(study, trial, state=TrialState.FAIL)
         result.skipped += 1
         log.info("trial %d skipped: %s", trial.number, outcome)
     else:
-        trial.set_user_attr("error", f"{type(outcome).__name__}: {outcome}")
+        with contextlib.suppress(RuntimeError, ValueError):
+            trial.set_user_attr("error", f"{type(outcome).__name__}: {outcome}")
         _tell(study, trial, state=TrialState.FAIL)
         result.failed += 1
         log.info("trial %d failed: %s: %s", trial.number, type(outcome).__name__, outcome)
