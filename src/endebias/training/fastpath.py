@@ -12,9 +12,9 @@ change little (DESIGN.md section 8) and ``torch.compile`` costs ~40 s of cold st
   parameter names, so checkpoints load with the option on or off.
 
 On a CPU with native bf16 (avx512_bf16 or AMX, :func:`cpu_bf16_native`) ``amp="on"`` runs
-the same bf16 autocast through oneDNN: 1.4x (quick preset) to 1.7x (paper preset) per
-training step here (docs/benchmarks.md). "auto" still leaves it off on CPU: the check
-that bf16 keeps the quick table's accuracy within its seed spread has not been run yet.
+the same bf16 autocast through oneDNN: about 1.5x per training step here, quick and paper
+presets (docs/benchmarks.md). "auto" still leaves it off on CPU: the check that bf16 keeps
+the quick table's accuracy within its seed spread has not been run yet.
 """
 
 from __future__ import annotations
