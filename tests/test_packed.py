@@ -319,6 +319,8 @@ def test_a_damaged_member_checkpoint_falls_back_to_the_previous_one(tmp_path: Pa
                             records.read_metrics(tmp_path / f"solo{number}"))
 
 
-def test_pseudo_bias_labels_cannot_pack():
+def test_pseudo_bias_labels_and_saved_features_cannot_pack():
     with pytest.raises(PackError, match="pseudo labels"):
         check_packable(config(bias_labels="pseudo"))
+    with pytest.raises(PackError, match="save_features"):
+        check_packable(config(save_features=8))

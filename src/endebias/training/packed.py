@@ -59,6 +59,9 @@ def check_packable(config: TrainConfig) -> None:
     if getattr(config, "bias_labels", "given") != "given":
         raise PackError("--pack trains with the dataset's bias labels only, not pseudo labels; "
                         "run this sweep's agents without --pack")
+    if config.save_features:
+        raise PackError("--pack does not save per-epoch features (save_features); "
+                        "run this sweep's agents without --pack")
     layer = config.method_options.get("layer")
     if layer not in (None, "pattern_norm"):
         raise PackError(f"--pack reads EnD's features at pattern_norm only, not {layer!r}")

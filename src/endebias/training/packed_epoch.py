@@ -34,7 +34,7 @@ def train_packed_epoch(
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(train), generator=generator).to(device)
     check_every = 1 if device.type == "cpu" else 50  # as the solo epoch: no per-step sync on GPU
-    live = torch.ones(size, dtype=torch.bool, device=device)
+    live = list(range(size))  # on the host: no device sync per step to know who is left
     diverged: dict[int, str] = {}
     sums: dict[str, Tensor] = {}
     correct = torch.zeros(size, dtype=torch.long, device=device)
@@ -45,17 +45,18 @@ def train_packed_epoch(
         with fast.autocast(device):
             losses, logits, parts = packed.training_step(inputs, targets, biases)
         if step % check_every == 0 or step == len(batches) - 1:
-            finite = torch.isfinite(losses.detach()).cpu()
-            for position in (~finite & live.cpu()).nonzero().flatten().tolist():
+            finite = torch.isfinite(losses.detach()).tolist()
+            for position in [p for p in live if not finite[p]]:
                 shown = ", ".join(f"{k}={float(v[position]):.4g}" for k, v in parts.items())
                 diverged[position] = (
                     f"non-finite training loss {float(losses[position].detach())} at epoch "
                     f"{epoch}, step {step} ({shown})"
                 )
-                live[position] = False
+                live.remove(position)
         optimizer.zero_grad(set_to_none=True)
         # Each member's gradient is its own loss's: the sum couples nothing.
-        (losses if bool(live.all()) else losses[live]).sum().backward()
+        kept = losses if len(live) == size else losses[torch.tensor(live, device=device)]
+        kept.sum().backward()
         optimizer.step()
         count = len(indices)
         for key, value in {"loss": losses.detach(), **parts}.items():

@@ -154,6 +154,9 @@ class _Pack:
             device, amp=self.config.amp, compile=self.config.compile,
             channels_last=self.config.channels_last,
         )
+        if device.type == "cuda":
+            # Fixed batch shapes, as in a solo run: cuDNN times its kernels once per shape.
+            torch.backends.cudnn.benchmark = True
         train = benchmark.train
         counts = group_counts(train.targets, train.targets, train.biases,
                               num_targets=benchmark.num_targets, num_biases=benchmark.num_biases)[0]
