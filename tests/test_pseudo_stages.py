@@ -68,6 +68,15 @@ def test_three_stages_write_their_records(tmp_path):
         fit_with_bias_labels(pseudo_config(k=3), tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("method", ["groupdro", "biasbal"])
+def test_other_methods_that_read_bias_labels_train_on_pseudo_labels(tmp_path, method):
+    config = make_config("quick", dataset="synthetic", dataset_options=DATA, model_options=MODEL,
+                         method=method, epochs=1, batch_size=64, device="cpu", seed=5,
+                         bias_labels="pseudo", pseudo_options={"stage1_epochs": 1})
+    best = fit_with_bias_labels(config, tmp_path, progress=False)
+    assert 0 <= best["unbiased_test_acc"] <= 1 and (tmp_path / records.DONE).exists()
+
+
 def test_stage1_config_keeps_data_and_seed():
     config = pseudo_config(stage1="gce", q=0.5, stage1_model="mlp")
     first = stage1_config(config)
