@@ -97,8 +97,9 @@ def add_bias_label_options(parser: argparse.ArgumentParser) -> None:
         type=parse_assignment,
         default=[],
         metavar="KEY=VALUE",
-        help=f"with --bias-labels pseudo: {', '.join(PSEUDO_DEFAULTS)}, "
-        "e.g. labelling=predictions",
+        help="with --bias-labels pseudo, one of (default in brackets): "
+        + ", ".join(f"{key} [{value}]" for key, value in PSEUDO_DEFAULTS.items())
+        + "; e.g. labelling=predictions",
     )
 
 
