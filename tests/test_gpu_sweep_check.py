@@ -3,6 +3,7 @@ end, a report with trials per hour for solo, --pack 8 and --pack 4 x 2, and one 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,3 +37,39 @@ def test_gpu_sweep_check_flow_on_cpu(tmp_path):
         names = archive.getnames()
     assert sum(n.endswith("metrics.jsonl") for n in names) in (16, 17)
     assert not any(n.endswith(".pt") for n in names)  # records only, no checkpoints
+
+
+def write_run(folder: Path, seconds: list[float], pack_size: int | None) -> None:
+    folder.mkdir(parents=True)
+    lines = []
+    for epoch, value in enumerate(seconds, start=1):
+        record = {"epoch": epoch, "seconds": value}
+        if pack_size is not None:
+            record["pack_size"] = pack_size
+        lines.append(json.dumps(record))
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_summary_extrapolates_trials_per_hour_by_hand(tmp_path):
+    """Solo: first epoch 10 s, then 2 s -> 10 + 79 * 2 = 168 s for 80 epochs, 3600 / 168
+    trials per hour. One pack of 8: 20 s then 4 s (median of 4, 4, 5) -> 336 s for 8
+    trials. Two packs of 4 in parallel: 12 + 79 * 3 = 249 s and 12.5 + 79 * 2 = 170.5 s -> 8
+    trials in the longer, 249 s."""
+    runs = tmp_path / "runs"
+    write_run(runs / "solo" / "a", [10, 2, 2, 3], None)
+    for member in range(8):
+        write_run(runs / "pack8" / f"m{member}", [20, 4, 4, 5], 8)
+    for member in range(4):
+        write_run(runs / "pack4x2" / f"a{member}", [12, 3, 3], 4)
+        write_run(runs / "pack4x2" / f"b{member}", [12.5, 2, 2, 2], 4)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_check_summary.py"),
+                           str(runs), "--epochs", "80"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((runs / "summary.json").read_text())
+    solo = 3600 / (10 + 79 * 2)
+    assert summary["solo"]["trials_per_hour"] == pytest.approx(solo)
+    assert summary["pack8"]["trials_per_hour"] == pytest.approx(8 * 3600 / (20 + 79 * 4))
+    assert summary["pack4x2"]["trials"] == 8
+    assert summary["pack4x2"]["trials_per_hour"] == pytest.approx(8 * 3600 / (12 + 79 * 3))
+    ratio = 8 * 3600 / (20 + 79 * 4) / solo
+    assert f"{ratio:.2f}x" in done.stdout
