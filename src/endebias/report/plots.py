@@ -37,6 +37,7 @@ def plot_comparison(
         epochs = [r["epoch"] for r in run.history]
         curves.plot(epochs, [100 * r[f"{split}_acc"] for r in run.history], marker="o", label=label)
     curves.set(xlabel="epoch", ylabel=f"{split.replace('_', ' ')} accuracy (%)", ylim=(0, 100))
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.grid(alpha=0.3)
     curves.legend()
     for axis, (label, run) in zip(axes[1:], runs.items(), strict=True):
@@ -46,7 +47,7 @@ def plot_comparison(
             continue
         image = axis.imshow(100 * matrix, vmin=0, vmax=100, cmap="viridis")
         axis.set(
-            xlabel="bias (colour)",
+            xlabel="bias (colour); white: no test images",
             ylabel="target (digit)",
             title=f"{label}: accuracy per group (%)\nepoch {run.best['epoch']} (best valid)",
         )
