@@ -11,6 +11,7 @@ import sqlite3
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from endebias.cli.main import main
 from endebias.sweeps import storage as sweep_storage
@@ -224,3 +225,80 @@ def test_a_damaged_study_file_is_one_line_naming_it(tmp_path, capsys, good_study
         assert err.startswith(f"endebias: error: sweep storage {db} is damaged (")
         assert "restore it from a copy" in err and err.count("\n") == 1
         assert db.read_bytes() == damaged  # nothing written into it
+
+
+# -- stale trials and storage retries, without training ------------------------------------
+
+def heartbeat_study(tmp_path, *, grace: int = 2):
+    url = f"sqlite:///{tmp_path}/s.db"
+    sweep_storage.create_sweep(parse_sweep(SPEC, source="t.yaml"), storage=url, sweep_id="s1")
+    rdb = sweep_storage.open_storage(url, heartbeat_interval=1, grace_period=grace, max_retry=3)
+    return optuna.load_study(study_name="s1", storage=rdb)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_trial_that_never_beat_is_failed_and_requeued_once_old(tmp_path):
+    from endebias.sweeps import stale
+
+    study = heartbeat_study(tmp_path)
+    silent = study.ask()  # as if its agent died before the first heartbeat
+    silent.suggest_float("alpha", 0.0, 1.0)
+    beating = study.ask()
+    beating.suggest_float("alpha", 0.0, 1.0)
+    study._storage.record_heartbeat(beating._trial_id)
+    stale.fail_stale(study, 60)  # both are young: nothing happens
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] * 2
+    stale.fail_stale(study, 0)  # the silent one is old enough; the beating one is fresh
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    retry = study.get_trials()[2]
+    assert retry.system_attrs["failed_trial"] == silent.number
+    assert stale.work_left(study, cap=2)  # the re-queued trial is work even at the cap
+
+
+def test_storage_calls_are_retried_with_backoff_then_given_up(monkeypatch, caplog):
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
+    from endebias.sweeps import retry
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(retry.time, "sleep", sleeps.append)
+    clock = iter(range(0, 10_000, 3))  # every call to the clock: 3 s later
+    monkeypatch.setattr(retry.time, "monotonic", lambda: next(clock))
+
+    class Flaky:
+        def __init__(self, failures: int, error: Exception) -> None:
+            self.failures, self.error, self.calls = failures, error, 0
+
+        def __call__(self, *args):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise optuna.exceptions.StorageInternalError("commit failed") from self.error
+            return args
+
+    class DriverError(Exception):
+        pass
+
+    gone = OperationalError("SELECT 1", {}, DriverError("server closed the connection"))
+    url = "postgresql://u:pa/ss@db:5432/sweeps"
+    retrier = retry._Retrier(url, limit=20)
+    flaky = Flaky(3, gone)
+    assert retrier.call(flaky, 7) == (7,) and flaky.calls == 4
+    assert sleeps == [0.5, 1.0, 2.0]  # doubling
+    assert "reachable again" in caplog.text and "pa/ss" not in caplog.text
+    # A damaged database is not waited for.
+    damaged = Flaky(1, DatabaseError("SELECT 1", {}, Exception("database disk image is malformed")))
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        retrier.call(damaged)
+    assert damaged.calls == 1
+    # Gone for good: one line naming the storage without its password, then fail fast.
+    with pytest.raises(retry.StorageUnavailable) as lost:
+        retrier.call(Flaky(10**6, gone))
+    assert str(lost.value) == ("sweep storage postgresql://u:***@db:5432/sweeps unreachable for "
+                               "20 s (DriverError: server closed the connection)")
+    never_called = Flaky(0, gone)
+    with pytest.raises(retry.StorageUnavailable):
+        retrier.call(never_called)
+    assert never_called.calls == 0
+    retrier.heartbeat(never_called)  # heartbeats never raise, and stop once it is lost
+    assert never_called.calls == 0

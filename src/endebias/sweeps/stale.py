@@ -4,19 +4,22 @@ A killed agent cannot mark its trial failed; the trial stays RUNNING until some 
 that its heartbeat is older than the grace period, fails it and re-queues its parameters
 (the retry resumes the run folder). An agent that stops because the sweep has its run cap
 must therefore not leave while other trials are running: one of them may belong to an
-agent that is already dead. It waits one grace period (plus a heartbeat of slack), re-runs
-any trial that went stale meanwhile, and leaves the live ones to their own agents.
+agent that is already dead, or dies later. It stays until no trial is running, and re-runs
+any that goes stale meanwhile.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from endebias.training import records
@@ -24,11 +27,55 @@ from endebias.training import records
 log = logging.getLogger(__name__)
 
 
-def fail_stale(study: optuna.Study) -> None:
-    """Fail (and so re-queue) every trial whose agent stopped beating."""
+def fail_stale(study: optuna.Study, grace_period: float) -> None:
+    """Fail (and so re-queue) every trial whose agent stopped beating, and every trial
+    that never beat at all (its agent died between taking it and the first heartbeat,
+    which Optuna alone would leave RUNNING for ever) once it is twice the grace old."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+        for trial_id in _never_beat(study, older_than=2 * grace_period):
+            try:
+                if not study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another agent got there first
+            callback = study._storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(study, copy.deepcopy(study._storage.get_trial(trial_id)))
+
+
+def _never_beat(study: optuna.Study, *, older_than: float) -> list[int]:
+    """Ids of RUNNING trials started ``older_than`` seconds ago (by this machine's clock:
+    hence twice the grace period, for clock skew) with no heartbeat on record."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return []
+    from optuna.storages._rdb import models
+
+    session = storage.scoped_session()
+    try:
+        rows = (
+            session.query(models.TrialModel.trial_id)
+            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(~models.TrialModel.heartbeats.any())
+            .all()
+        )
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        log.debug("could not look for trials without heartbeats: %s", error)
+        return []
+    finally:
+        session.close()
+    beatless = {row[0] for row in rows}
+    limit = timedelta(seconds=older_than)
+    return [
+        t._trial_id
+        for t in running(study)
+        if t._trial_id in beatless
+        and t.datetime_start is not None
+        and datetime.now(t.datetime_start.tzinfo) - t.datetime_start > limit
+    ]
 
 
 def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -48,7 +95,7 @@ def work_left(study: optuna.Study, cap: int | None) -> bool:
 def want_next_trial(study: optuna.Study, *, cap: int | None, settings: dict) -> bool:
     """Whether the agent should start another trial: stale trials are failed (and so
     re-queued) first; at the cap, wait for the trials of other agents as below."""
-    fail_stale(study)
+    fail_stale(study, settings["grace_period"])
     if work_left(study, cap):
         return True
     return wait_for_running(
@@ -79,35 +126,35 @@ def wait_for_running(
     grace_period: float,
     poll: float = 1.0,
 ) -> bool:
-    """With the sweep at its cap, wait while trials of other agents are running, until
-    one of them is failed as stale and re-queued (True: run it) or all are finished, or
-    for at most ``grace_period + heartbeat_interval`` seconds (False: leave). A trial
-    still running then has a live agent, which does this check itself when it stops."""
+    """With the sweep at its cap, wait while trials of other agents are running: until one
+    of them is failed as stale and re-queued (True: run it here) or none is left running
+    (False: the sweep is done). Ctrl-C stops waiting and leaves them to their agents.
+
+    An agent cannot tell a live agent from one killed a moment ago before the grace period
+    has passed, and a live one may be killed later, so a fixed wait would still leave a
+    trial behind: every agent at the cap stays until the sweep's last trial has ended.
+    """
     others = running(study)
     if not others:
         return False
-    # A dead agent's last beat is older than this wait, so its trial is stale by the end.
-    limit = grace_period + heartbeat_interval
     log.info(
-        "the sweep has all its trials; %d still running in other agents: waiting up to %g s "
-        "for them (a killed agent's trial goes stale after %g s and is re-run here)",
+        "the sweep has all its trials; waiting for the %d still running in other agents "
+        "(a killed agent's trial goes stale after %g s and is re-run here; Ctrl-C leaves "
+        "them to their agents)",
         len(others),
-        limit,
         grace_period,
     )
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        time.sleep(min(poll, heartbeat_interval))
-        fail_stale(study)
-        if work_left():
-            return True
-        if not running(study):
-            return False
-    log.info(
-        "trials %s still running with live heartbeats: left to their agents",
-        ", ".join(str(t.number) for t in running(study)),
-    )
-    return False
+    try:
+        while True:
+            time.sleep(min(poll, heartbeat_interval))
+            fail_stale(study, grace_period)
+            if work_left():
+                return True
+            if not running(study):
+                return False
+    except KeyboardInterrupt:
+        log.info("stopped waiting: trials still running are left to their agents")
+        return False
 
 
 def unfinished(study: optuna.Study, url: str) -> tuple[int, int, int]:
