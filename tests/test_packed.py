@@ -324,3 +324,27 @@ def test_pseudo_bias_labels_and_saved_features_cannot_pack():
         check_packable(config(bias_labels="pseudo"))
     with pytest.raises(PackError, match="save_features"):
         check_packable(config(save_features=8))
+
+
+def test_a_member_folder_holding_another_run_fails_that_member_only(tmp_path: Path):
+    configs = [config(epochs=1, method_options={"alpha": a, "beta": b}) for a, b in SETTINGS]
+    dirs = [tmp_path / f"packed{i}" for i in range(3)]
+    dirs[2].mkdir()
+    records.atomic_write_json(dirs[2] / records.CONFIG, config(seed=9).to_dict())
+    outcomes = fit_packed(configs, dirs, resume=True)
+    assert type(outcomes[2]).__name__ == "RunAlreadyExistsError"
+    assert "holds a run with another config" in str(outcomes[2])
+    assert records.read_json(dirs[2] / records.CONFIG)["seed"] == 9  # left as it was
+    assert all((dirs[n] / records.DONE).exists() for n in (0, 1))
+
+
+def test_missing_data_leaves_no_run_folders(tmp_path: Path):
+    """A start that fails (here: MNIST not in an empty data folder) raises one error and
+    leaves none of the members' folders behind, as fit does."""
+    configs = [make_config("quick", method="end", dataset="biased-mnist", device="cpu",
+                           method_options={"alpha": a, "beta": b}) for a, b in SETTINGS[:2]]
+    dirs = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises((FileNotFoundError, RuntimeError, ValueError)):
+        fit_packed(configs, dirs, data_dir=str(tmp_path / "empty"))
+    assert not any(d.exists() for d in dirs)

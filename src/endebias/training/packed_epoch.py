@@ -3,6 +3,7 @@ per-member losses, accuracies and metrics (the same batches, order and checks)."
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -98,3 +99,13 @@ def evaluate_packed(
                 num_targets=benchmark.num_targets, num_biases=benchmark.num_biases,
             )
     return [group_metrics(c, aligned) for c in counts]
+
+
+def non_finite_record(record: dict[str, Any], epoch: int) -> str | None:
+    """fit's check of an epoch record: training losses and the valid accuracy must be
+    finite (empty groups' accuracies are NaN by design)."""
+    for key, value in record.items():
+        watched = key.startswith("train_") or key == "valid_acc"
+        if watched and isinstance(value, float) and not math.isfinite(value):
+            return f"non-finite {key} ({value}) at epoch {epoch}"
+    return None

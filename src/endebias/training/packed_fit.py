@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,13 @@ from endebias.training.checkpoint import load_checkpoint, save_checkpoint
 from endebias.training.config import TrainConfig
 from endebias.training.epoch import NonFiniteLossError
 from endebias.training.fastpath import FastPath
-from endebias.training.fit import existing_run, format_epoch, load_benchmark, resolve_device
+from endebias.training.fit import (
+    RunAlreadyExistsError,
+    existing_run,
+    format_epoch,
+    load_benchmark,
+    resolve_device,
+)
 from endebias.training.packed import (
     PackedMethod,
     PackError,
@@ -40,6 +45,11 @@ from endebias.training.packed import (
     member_optimizer_state,
     member_state,
     pack_key,
+)
+from endebias.training.packed_epoch import (
+    evaluate_packed,
+    non_finite_record,
+    train_packed_epoch,
 )
 from endebias.training.run_lock import RunInUseError, RunLock
 
@@ -97,7 +107,12 @@ def fit_packed(
                 continue
             locks.callback(lock.release)
             records.remove_temp_files(Path(run_dir))
-            finished = existing_run(cfg, Path(run_dir), resume=resume)
+            try:
+                finished = existing_run(cfg, Path(run_dir), resume=resume)
+            except RunAlreadyExistsError as error:  # this member's folder only
+                outcomes[index] = error
+                lock.release()
+                continue
             if finished is not None:
                 outcomes[index] = finished
             else:
@@ -105,8 +120,19 @@ def fit_packed(
         if todo:
             device = resolve_device(config.device)
             torch.manual_seed(config.seed)
-            benchmark = load_benchmark(config, data_dir=data_dir, device=device)
-            members = [_member(*item, benchmark, resume) for item in todo]
+            try:
+                benchmark = load_benchmark(config, data_dir=data_dir, device=device)
+            except BaseException:
+                for *_, lock in todo:
+                    lock.abandon()  # a failed start leaves no run folder behind, as fit
+                raise
+            members = []
+            for item in todo:
+                try:
+                    members.append(_member(*item, benchmark, resume))
+                except ValueError as error:  # its options, or a resume it refuses
+                    outcomes[item[0]] = error
+                    item[-1].abandon()
             for member in members:
                 member.lock.check()
                 records.atomic_write_json(member.run_dir / records.CONFIG, member.config.to_dict())
@@ -202,8 +228,6 @@ class _Pack:
                         self.scheduler.state_dict())
 
     def run(self, outcomes: list[Outcome | None]) -> None:
-        from endebias.training.packed_epoch import evaluate_packed, train_packed_epoch
-
         names = list(self.benchmark.evaluations)
         log.info("pack of %d on %s, fast path: %s", len(self.members), self.device,
                  self.fast.describe())
@@ -239,7 +263,7 @@ class _Pack:
                 record["seconds"] = seconds
                 # Seconds are the whole pack's: one epoch of this run cost seconds / pack_size.
                 record["pack_size"] = size
-                problem = _non_finite(record, epoch)
+                problem = non_finite_record(record, epoch)
                 if problem is not None:  # as fit: an overflow in the epoch's sums
                     leaving.add(position)
                     outcomes[member.index] = self._fail(member, problem)
@@ -279,13 +303,3 @@ class _Pack:
         records.atomic_write_json(member.run_dir / records.ERROR,
                                   {"error": type(error).__name__, "message": str(error)})
         return error
-
-
-def _non_finite(record: dict[str, Any], epoch: int) -> str | None:
-    """fit's check of an epoch record: training losses and the valid accuracy must be
-    finite (empty groups' accuracies are NaN by design)."""
-    for key, value in record.items():
-        watched = key.startswith("train_") or key == "valid_acc"
-        if watched and isinstance(value, float) and not math.isfinite(value):
-            return f"non-finite {key} ({value}) at epoch {epoch}"
-    return None
