@@ -302,3 +302,19 @@ def test_storage_calls_are_retried_with_backoff_then_given_up(monkeypatch, caplo
     assert never_called.calls == 0
     retrier.heartbeat(never_called)  # heartbeats never raise, and stop once it is lost
     assert never_called.calls == 0
+
+
+def test_every_storage_call_optuna_makes_is_retried():
+    """The names Optuna's storage cache calls on the storage, read from its source: a new
+    Optuna version that calls something else fails here instead of in a lost storage."""
+    import inspect
+    import re
+
+    from optuna.storages import _cached_storage
+
+    from endebias.sweeps import retry
+
+    called = set(re.findall(r"self\._backend\.(\w+)\(", inspect.getsource(_cached_storage)))
+    not_storage = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback",
+                   "record_heartbeat"}  # settings, and the heartbeat (never raises)
+    assert called - not_storage <= set(retry.RETRIED), called - not_storage - set(retry.RETRIED)

@@ -36,6 +36,8 @@ RETRIED = (
     "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
     "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
     "get_trial_system_attrs", "_get_stale_trial_ids",
+    # What Optuna's cache in front of the storage calls instead of the public methods.
+    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
 )
 
 
