@@ -145,7 +145,7 @@ def sweep_report(name: str, rows: list[Row], *, top: int = 3) -> str:
                  f"epoch by valid accuracy; the top {top} complete trials are shaded.</p>",
                  _trials_table(rows, top=top), "<h2>Search space</h2>"]
     with tempfile.TemporaryDirectory() as folder:
-        for path in plot_sweep("sweep", rows, folder, top=top):
+        for path in plot_sweep(name.replace("/", "_"), rows, folder, top=top):
             sections.append(_image(path.read_bytes(), _caption(path.name)))
     sections.append("<h2>Best trial</h2>")
     best = next((r for r in rows if r.state == "COMPLETE"), rows[0])
