@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import shutil
 import socket
@@ -103,9 +104,15 @@ def run_with_epochs(root: Path, done: bool | None = None) -> list[Path]:
             if done is None or (p.parent / records.DONE).exists() == done]
 
 
-def test_a_lost_storage_is_ridden_out_or_named_and_nothing_is_lost(tmp_path, capsys, server):
+def test_a_lost_storage_is_ridden_out_or_named_and_nothing_is_lost(tmp_path, capsys, caplog,
+                                                                   server):
     storage, epochs = server.url, 5
+    caplog.set_level(logging.INFO)
     sweep_id = create(tmp_path, capsys, storage, run_cap=2, epochs=epochs)  # grace 3 s
+    # sweep create's hint names the storage, never the password.
+    shown = f"postgresql://endebias:***@127.0.0.1:{server.port}/postgres"
+    assert f"endebias sweep agent {sweep_id} --storage '{shown}'" in caplog.text
+    assert all(s not in caplog.text for s in (PASSWORD, quote(PASSWORD, safe=""), "w rd"))
     runs = tmp_path / "runs" / sweep_id
     agent = endebias("sweep", "agent", sweep_id, "--storage", storage, "--storage-retry", "10",
                      cwd=tmp_path)
@@ -125,11 +132,9 @@ def test_a_lost_storage_is_ridden_out_or_named_and_nothing_is_lost(tmp_path, cap
         assert secret not in out + err
     assert "reachable again after" in err  # the short outage, ridden out
     last = err.strip().splitlines()[-1]
-    print(last)  # shown with pytest -s
     (second,) = run_with_epochs(runs, done=False)
     kept = records.read_metrics(second)
     assert 0 < len(kept) < epochs
-    shown = f"postgresql://endebias:***@127.0.0.1:{server.port}/postgres"
     assert last.startswith(f"endebias: error: sweep storage {shown} unreachable for 10 s (")
     assert last.endswith(
         f"; trial 1 stopped with {len(kept)} finished epochs kept in {second}; once the storage "
