@@ -90,7 +90,7 @@ def _packed_agent(args: argparse.Namespace) -> int:
         result = run_packed_agent(
             args.id, pack=args.pack, storage=args.storage or default_storage(args.runs),
             runs_dir=args.runs, count=args.count, prune=args.prune, data_dir=args.data_dir,
-            agent_id=args.agent_id,
+            agent_id=args.agent_id, storage_retry=args.storage_retry,
         )
     except KeyboardInterrupt:
         print("interrupted: the packed trials are back in the queue; the next agent resumes "

@@ -23,6 +23,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
+from endebias.sweeps import stale
 from endebias.sweeps import storage as sweep_storage
 from endebias.sweeps.agent import (
     AgentResult,
@@ -32,6 +33,7 @@ from endebias.sweeps.agent import (
     _trials,
     suggest,
 )
+from endebias.sweeps.retry import DEFAULT_RETRY_SECONDS, retrying
 from endebias.sweeps.search_space import SweepSpec
 from endebias.training import records
 from endebias.training.config import TrainConfig, make_config
@@ -61,14 +63,6 @@ def check_sweep_packs(spec: SweepSpec) -> None:
         check_packable(make_config(preset, **overrides))
 
 
-def _work_left(study: optuna.Study, cap: int | None) -> bool:
-    """A re-queued trial is always work; otherwise finished or running trials count."""
-    if _trials(study, (TrialState.WAITING,)):
-        return True
-    return cap is None or len(_trials(study, (TrialState.COMPLETE, TrialState.PRUNED,
-                                              TrialState.RUNNING))) < cap
-
-
 def _room(study: optuna.Study, cap: int | None) -> int | None:
     """Trials this agent may ask now without passing the run cap (re-queued ones count)."""
     if cap is None:
@@ -87,9 +81,11 @@ def run_packed_agent(
     prune: str | None = None,
     data_dir: str | None = None,
     agent_id: int | None = None,
+    storage_retry: float = DEFAULT_RETRY_SECONDS,
 ) -> AgentResult:
     """Run trials of ``sweep_id``, up to ``pack`` at a time, until ``count`` are done or the
-    sweep has its run cap."""
+    sweep has its run cap (then, as the solo agent, first re-run any trial of a killed
+    agent), retrying storage calls for up to ``storage_retry`` seconds."""
     if pack < 1:
         raise ValueError(f"--pack must be >= 1, got {pack}")
     spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
@@ -99,6 +95,7 @@ def run_packed_agent(
         storage, heartbeat_interval=settings["heartbeat_interval"],
         grace_period=settings["grace_period"], max_retry=settings["max_retry"],
     )
+    rdb = retrying(rdb, url=storage, limit=storage_retry)
     study = sweep_storage.load_study(
         sweep_id, storage=rdb,
         sampler=sweep_storage.build_sampler(spec, seed=sweep_storage.agent_seed(spec, agent_id)),
@@ -109,10 +106,9 @@ def run_packed_agent(
     result = AgentResult()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     while count is None or result.trials < count:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # re-queue the trials of killed agents
-        if not _work_left(study, objective.cap):
+        # Stale trials of killed agents are re-queued first; at the cap, other agents'
+        # running trials are waited for (one of them may be dead), as the solo agent does.
+        if not stale.want_next_trial(study, cap=objective.cap, settings=settings):
             break
         room = [pack, _room(study, objective.cap), None if count is None else count - result.trials]
         wanted = min(r for r in room if r is not None)
