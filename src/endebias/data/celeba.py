@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from endebias.data import Benchmark, Split, register_dataset, split_sizes
-from endebias.data.image_files import cached_images
+from endebias.data.image_files import DEFAULT_MAX_PIXELS, cached_images
 from endebias.data.mnist import resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -145,13 +145,15 @@ def build_celeba(
     cache_dir: str | Path | None = None,
     cache: bool = True,
     progress: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
     data_dir: str | Path | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
     **unknown: Any,
 ) -> Benchmark:
     """CelebA ``target`` vs gender; see the module text for the splits and options.
-    ``cache_dir`` defaults to ``<folder>/endebias-cache``; ``workers`` to the CPU count."""
+    ``cache_dir`` defaults to ``<folder>/endebias-cache``; ``workers`` to the CPU count;
+    an image above ``max_image_pixels`` is refused by name (a decompression bomb)."""
     if unknown:
         raise ValueError(f"celeba: unknown option(s) {', '.join(sorted(unknown))}")
     if target not in TARGETS:
@@ -188,7 +190,8 @@ def build_celeba(
     def images(name: str, chosen: np.ndarray) -> Tensor:
         paths = [folder / IMAGE_FOLDER / files[i] for i in chosen]
         array = cached_images(paths, image_size=image_size, workers=workers,
-                              cache_dir=cache_path, name=f"celeba-{name}", progress=progress)
+                              cache_dir=cache_path, name=f"celeba-{name}", progress=progress,
+                              max_pixels=max_image_pixels)
         return torch.from_numpy(array)
 
     def split(inputs: Tensor, chosen: np.ndarray) -> Split:
