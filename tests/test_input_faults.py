@@ -127,6 +127,7 @@ def test_tabular_trains_its_declared_mlp_and_a_wrong_model_leaves_no_folder(tmp_
     line = one_error_line(err)
     assert code == 2
     assert "model 'simple-conv' cannot take the inputs of dataset 'tabular' (shape (2,))" in line
+    assert line.endswith("; the dataset is made for model 'mlp'")
     assert not (tmp_path / "run").exists()
     code, err = run_cli(capsys, tabular_args(tmp_path))  # no --model: the dataset's mlp
     assert code == 0, err

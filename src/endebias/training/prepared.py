@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from endebias.data import Benchmark, Split
+from endebias.data import Benchmark, Split, default_model
 from endebias.methods import Method, build_method
 from endebias.metrics import aligned_groups, group_counts
 from endebias.models import build_model
@@ -54,9 +54,11 @@ def check_forward(method: Method, benchmark: Benchmark, config: TrainConfig) -> 
             logits = method(inputs)
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        declared = default_model(config.dataset)
+        hint = f"; the dataset is made for model {declared!r}" if declared else ""
         raise ValueError(
             f"model {config.model!r} cannot take the inputs of dataset {config.dataset!r} "
-            f"(shape {tuple(benchmark.input_shape)}): {reason}"
+            f"(shape {tuple(benchmark.input_shape)}): {reason}{hint}"
         ) from None
     expected = (len(inputs), benchmark.num_targets)
     if tuple(logits.shape) != expected:
