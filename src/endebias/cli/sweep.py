@@ -17,6 +17,17 @@ STORAGE_HELP = (
 )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--count -1`` would run nothing and exit 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -157,7 +168,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     agent.add_argument("id", help="sweep id printed by `sweep create`")
     agent.add_argument(
         "--count",
-        type=int,
+        type=positive_int,
         help="stop after this many trials (default: until the sweep's run_cap or grid is done)",
     )
     agent.add_argument("--storage", help=STORAGE_HELP)
