@@ -161,12 +161,16 @@ def unfinished(study: optuna.Study, url: str) -> tuple[int, int, int]:
     """(running, stale, grace period in seconds) of ``study`` in storage ``url``: stale
     trials have not beaten for the sweep's grace period, so their agents are gone."""
     trials = running(study)
-    from endebias.sweeps.storage import open_storage, sweep_spec
-
-    settings = sweep_spec(study).optuna
-    grace = settings["grace_period"]
     if not trials:
-        return 0, 0, grace
+        return 0, 0, 0
+    from endebias.sweeps.storage import open_storage, sweep_spec
+    from endebias.sweeps.sweep_file import OPTUNA_DEFAULTS
+
+    try:
+        settings = sweep_spec(study).optuna
+    except ValueError:  # a study made by other means: the defaults' grace period
+        settings = OPTUNA_DEFAULTS
+    grace = settings["grace_period"]
     storage = open_storage(
         url, heartbeat_interval=settings["heartbeat_interval"], grace_period=grace
     )
