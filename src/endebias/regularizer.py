@@ -14,7 +14,7 @@ synchronisation and traces cleanly under `torch.compile`.
 The closed form has a hand-written backward pass (first-order gradients only), except
 with ``reduce_group_sums``, where autograd differentiates through the reducer.
 
-`pairs="reference"` reproduces the official code's arithmetic (DESIGN.md section 2): a
+`pairs="reference"` reproduces the official code's arithmetic (docs/design.md section 2): a
 clamped Gram matrix, and an entangling term over only the pairs (i, j) with i later than j
 in the batch and b_i < b_j.
 

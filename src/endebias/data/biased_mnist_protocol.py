@@ -1,4 +1,4 @@
-"""Biased MNIST (ReBias / EnD protocol, DESIGN.md §3): white digits on a background
+"""Biased MNIST (ReBias / EnD protocol, docs/design.md §3): white digits on a background
 colour that agrees with the digit for a fraction ``rho`` of each class.
 
 Seeding. Every random choice comes from an explicit ``torch.Generator``. The split that

@@ -1,4 +1,4 @@
-"""SimpleConvNet, the Biased MNIST model of ReBias and EnD (DESIGN.md section 3).
+"""SimpleConvNet, the Biased MNIST model of ReBias and EnD (docs/design.md section 3).
 
 Four blocks of [conv -> BatchNorm -> activation] with 16/32/64/128 channels, the last
 activation Tanh, then global average pooling, L2 normalisation and a linear classifier.

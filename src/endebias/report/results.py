@@ -92,7 +92,7 @@ def side_by_side_table(runs: dict[str, Run]) -> str:
 
 METRIC_COLUMNS = ("valid_acc", "biased_test_acc", "unbiased_test_acc")
 SUMMARY_METRICS = ("biased_test_acc", "unbiased_test_acc")
-# The paper's Table 1 (unbiased test accuracy, %), DESIGN.md section 3: (mean, std or None).
+# The paper's Table 1 (unbiased test accuracy, %), docs/design.md section 3: (mean, std or None).
 PAPER_TABLE1: dict[str, dict[float, tuple[float, float | None]]] = {
     "Vanilla": {0.999: (10.4, None), 0.997: (33.4, None), 0.995: (72.1, None), 0.990: (89.1, None)},
     "EnD": {0.999: (52.30, 2.39), 0.997: (83.70, 1.03), 0.995: (93.92, 0.35), 0.990: (96.02, 0.08)},

@@ -123,7 +123,7 @@ def _check_finite(name: str, value: Any) -> None:
             _check_finite(name, item)
 
 
-# The paper's protocol, DESIGN.md section 3, exactly.
+# The paper's protocol, docs/design.md section 3, exactly.
 PAPER = {
     "model_options": {"channels": [16, 32, 64, 128], "kernel_size": 7, "pool_after": []},
     "epochs": 80,

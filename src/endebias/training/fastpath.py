@@ -1,7 +1,7 @@
 """The GPU fast path: ``channels_last``, bf16 autocast and ``torch.compile`` as trainer options.
 
 Each option is ``"auto"`` (on for CUDA, off for CPU), ``"on"`` or ``"off"``. On CPU they
-change little (DESIGN.md section 8) and ``torch.compile`` costs ~40 s of cold start, so
+change little (docs/design.md section 8) and ``torch.compile`` costs ~40 s of cold start, so
 "auto" leaves the CPU path exactly as it was. On CUDA:
 
 * ``channels_last`` lets cuDNN pick its NHWC convolution kernels (the fast ones for bf16);
