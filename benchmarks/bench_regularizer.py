@@ -1,6 +1,6 @@
 """Forward + backward time of the closed-form EnD loss against an official-style loop.
 
-The baseline below is written from DESIGN.md section 2's description of the official
+The baseline below is written from docs/design.md section 2's description of the official
 code: a clamped Gram matrix, per-bias-class masks from outer products of indicator
 vectors cut with ``torch.tril(..., diagonal=-1)``, a Python loop over target classes x
 pairs of bias classes, and ``if mask.sum() > 0`` checks (one host sync each); it is
@@ -8,7 +8,7 @@ checked against ``end_loss(pairs="reference")`` before timing. Both run in one p
 alternating rounds, so that load from other processes hits them alike; still, run it on a
 quiet machine: two-thread ops that wait on a busy core slow the loop most.
 
-Labels follow Biased MNIST (DESIGN.md section 3) at rho = 0.99: 10 targets, 10 bias colours,
+Labels follow Biased MNIST (docs/design.md section 3) at rho = 0.99: 10 targets, 10 bias colours,
 99 % of samples with the aligned colour, the rest spread over the other nine.
 
     .venv/bin/python benchmarks/bench_regularizer.py            # full table + model step
@@ -176,7 +176,7 @@ def loss_table(devices: list[torch.device], sizes: list[int], widths: list[int],
 
 
 def training_step_share(batch: int, rounds: int) -> None:
-    """One Adam step of the paper's SimpleConvNet with CE + EnD (DESIGN.md section 3) on
+    """One Adam step of the paper's SimpleConvNet with CE + EnD (docs/design.md section 3) on
     CPU, against the EnD loss alone on its (B, 128) features, side by side."""
     torch.manual_seed(0)
     model = SimpleConvNet(num_classes=NUM_CLASSES)

@@ -5,7 +5,7 @@ style, in the same process, on Biased MNIST (rho 0.997, batch 256, SimpleConvNet
   each item made a PIL image then ``ToTensor`` + ``Normalize(0.5, 0.5)`` (written out here:
   torchvision cannot be installed beside our torch) in a ``torch.utils.data.DataLoader``;
   features from a forward hook; the EnD loss as a Gram matrix and Python loops over
-  classes with a host sync per mask (written from DESIGN.md section 2); ``.item()`` per
+  classes with a host sync per mask (written from docs/design.md section 2); ``.item()`` per
   step for the logs.
 * ``ours``: the library's trainer epoch (``endebias.training.epoch.train_epoch``): uint8 images
   resident on the device, normalised per batch, closed-form EnD, metrics read once per
