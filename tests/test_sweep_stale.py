@@ -33,26 +33,34 @@ def results_warning(capsys, caplog, storage: str, sweep_id: str) -> tuple[list, 
 
 def test_the_agent_at_the_cap_reruns_the_trial_of_a_killed_agent(tmp_path, capsys, caplog):
     storage = f"sqlite:///{tmp_path}/runs/sweeps.db"
-    epochs = 6
+    epochs = 8
     sweep_id = create(tmp_path, capsys, storage, run_cap=2, epochs=epochs)  # grace 3 s, beat 1 s
+    # Both agents start at once, so each takes one of the two trials.
     first = endebias("sweep", "agent", sweep_id, "--storage", storage, "--agent-id", "0",
                      cwd=tmp_path)
-    wait_for(lambda: running_trials(storage, sweep_id), timeout=90, what="the first trial")
     second = endebias("sweep", "agent", sweep_id, "--storage", storage, "--agent-id", "1",
                       cwd=tmp_path)
 
-    def second_trial_with_an_epoch():
+    def second_agents_trial_with_an_epoch():
+        """The trial whose run folder the second agent holds (its lock file names the
+        holder's pid), once an epoch of it is on record: which number it got is a race."""
         for trial in running_trials(storage, sweep_id):
             folder = trial.user_attrs.get("run_dir")
-            if trial.number == 1 and folder and (Path(folder) / records.BEST).exists():
+            if not folder or not (Path(folder) / records.BEST).exists():
+                continue
+            lock = Path(folder) / records.LOCK
+            holder = lock.read_text().strip() if lock.exists() else ""
+            if holder == str(second.pid):
                 return trial
         return None
 
-    wait_for(second_trial_with_an_epoch, timeout=90, what="the second agent's first epoch")
+    owned = wait_for(second_agents_trial_with_an_epoch, timeout=120,
+                     what="the second agent's first epoch")
     second.send_signal(signal.SIGKILL)
     second.communicate(timeout=30)
     assert second.returncode == -signal.SIGKILL
-    victim = sweep_storage.load_study(sweep_id, storage=storage).trials[1]
+    victim = sweep_storage.load_study(sweep_id, storage=storage).trials[owned.number]
+    other = 1 - victim.number  # the first agent's trial
     assert victim.state == TrialState.RUNNING  # left behind by the kill
     before = records.read_metrics(Path(victim.user_attrs["run_dir"]))
     assert 0 < len(before) < epochs
@@ -66,11 +74,12 @@ def test_the_agent_at_the_cap_reruns_the_trial_of_a_killed_agent(tmp_path, capsy
     assert "agent done: 2 trials (2 complete, 0 pruned, 0 failed, 0 skipped)" in err
     assert "Traceback" not in err
     study = sweep_storage.load_study(sweep_id, storage=storage)
-    assert study.trials[1].state == TrialState.FAIL  # the killed attempt
-    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
+    assert study.trials[victim.number].state == TrialState.FAIL  # the killed attempt
+    retry = next(t for t in study.trials
+                 if t.system_attrs.get("failed_trial") == victim.number)
     assert retry.state == TrialState.COMPLETE and retry.params == victim.params
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.number for t in complete) == [0, retry.number]
+    assert sorted(t.number for t in complete) == sorted([other, retry.number])
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     for trial in complete:  # every run finished in full, once
         run_dir = Path(trial.user_attrs["run_dir"])
@@ -80,7 +89,8 @@ def test_the_agent_at_the_cap_reruns_the_trial_of_a_killed_agent(tmp_path, capsy
     # The retry resumed the killed run: the epochs before the kill were kept, not retrained.
     assert records.read_metrics(Path(retry.user_attrs["run_dir"]))[: len(before)] == before
     rows, warning = results_warning(capsys, caplog, storage, sweep_id)
-    assert sorted(int(r["id"]) for r in rows) == [0, retry.number] and warning == ""
+    assert sorted(int(r["id"]) for r in rows) == sorted([other, retry.number])
+    assert warning == ""
     assert all(r["state"] == "COMPLETE" for r in rows)
 
 
