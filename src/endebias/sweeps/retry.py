@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from sqlalchemy import exc as sql_errors
 
+from endebias.sweeps.interrupts import held_interrupts
 from endebias.sweeps.urls import mask_url, scrub
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class _Retrier:
         warned = False
         while True:
             try:
-                result = method(*args, **kwargs)
+                with held_interrupts():  # Ctrl-C mid-commit would leave SQLite locked
+                    result = method(*args, **kwargs)
             except Exception as error:
                 if not is_transient(error):
                     raise
