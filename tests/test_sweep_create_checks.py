@@ -12,6 +12,7 @@ import yaml
 from endebias.cli.main import main
 from endebias.sweeps.sweep_file import SweepFileError, parse_sweep
 from endebias.training import records
+from test_sweep_file import ORIGINAL
 
 
 def parse(**parameters):
@@ -81,44 +82,13 @@ def test_cli_refuses_a_bad_range_in_one_line_before_any_agent(tmp_path, capsys):
     assert err.count("\n") == 0 and "parameters.rho" in err and str(path) in err
 
 
-# The official repository's sweep-file form: program and command, bayes, valid_acc, alpha
-# and beta searched, weight_decay written so that YAML reads a string, no method parameter.
-# Only the budget differs from the original (a synthetic benchmark, one epoch, two trials).
-OFFICIAL_FORM = """\
-program: EnD_rebias_mnist_sweep.py
-name: "Biased MNIST - rho 0.997 - EnD"
-command:
-    - ${env}
-    - python3
-    - ${program}
-    - ${args}
-method: bayes
-metric:
-    name: valid_acc
-    goal: maximize
-run_cap: 2
-parameters:
-    alpha:
-        distribution: uniform
-        min: 0.0
-        max: 1.0
-    beta:
-        distribution: uniform
-        min: 0.0
-        max: 1.0
-    lr:
-        value: 0.001
-    weight_decay:
-        value: 1e-4
-    batch_size:
-        value: 64
-    epochs:
-        value: 1
-    dataset:
-        value: synthetic
-    rho:
-        value: 0.99
-"""
+# The official repository's sweep file (tests/test_sweep_file.py holds it verbatim) with
+# only its budget changed: a synthetic benchmark, 64-image batches, one epoch, two trials.
+OFFICIAL_FORM = (
+    ORIGINAL.replace("value: 256", "value: 64").replace("value: 80", "value: 1")
+    .replace("value: 0.990", "value: 0.99\n    dataset:\n        value: synthetic")
+    + "run_cap: 2\n"
+)
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.checkpoint import load_checkpoint
 from endebias.training.config import TrainConfig
-from endebias.training.fit import RunAlreadyExistsError, fit, load_benchmark, resolve_device
+from endebias.training.fit import existing_run, fit, load_benchmark, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +174,9 @@ def fit_with_bias_labels(
     _check_method(config)
     run_dir = Path(run_dir)
     config_path = run_dir / records.CONFIG
-    if config_path.exists():
-        if records.read_json(config_path) != config.to_dict():
-            raise RunAlreadyExistsError(
-                f"{run_dir} holds a run with another config; choose another --out folder"
-            )
-        if not resume:
-            raise RunAlreadyExistsError(
-                f"{run_dir} already holds this run; pass --resume to continue it"
-            )
-        if (run_dir / records.DONE).exists():
-            return records.read_json(run_dir / records.BEST)
+    finished = existing_run(config, run_dir, resume=resume)  # fit's own rules for the folder
+    if finished is not None:
+        return finished
     first = stage1_config(config)
     # Written before stage 1, so the folder is this run from the start: a second launch
     # without --resume is refused, and `results` lists it as unfinished.
