@@ -243,6 +243,31 @@ def why_nothing_ran(study: optuna.Study, spec: SweepSpec, cap: int | None) -> st
     return f"{limit} reached: {shown or 'no trials'}"
 
 
+def open_agent_study(
+    sweep_id: str, *, storage: str, prune: str | None, agent_id: int | None,
+    storage_retry: float,
+) -> tuple[SweepSpec, optuna.Study]:
+    """The sweep's definition and its study as an agent works on it: heartbeats and retries
+    from the sweep file's settings, and the sampler and pruner rebuilt from it (Optuna does
+    not store them), the sampler seeded for this agent."""
+    spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
+    settings = spec.optuna
+    rdb = sweep_storage.open_storage(
+        storage,
+        heartbeat_interval=settings["heartbeat_interval"],
+        grace_period=settings["grace_period"],
+        max_retry=settings["max_retry"],
+    )
+    rdb = retrying(rdb, url=storage, limit=storage_retry)
+    study = sweep_storage.load_study(
+        sweep_id,
+        storage=rdb,
+        sampler=sweep_storage.build_sampler(spec, seed=sweep_storage.agent_seed(spec, agent_id)),
+        pruner=sweep_storage.build_pruner(spec, prune),
+    )
+    return spec, study
+
+
 def run_agent(
     sweep_id: str,
     *,
@@ -262,22 +287,10 @@ def run_agent(
     ``storage_retry`` seconds while the database is unreachable."""
     from endebias.training.fit import NonFiniteLossError
 
-    spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
+    spec, study = open_agent_study(
+        sweep_id, storage=storage, prune=prune, agent_id=agent_id, storage_retry=storage_retry
+    )
     settings = spec.optuna
-    rdb = sweep_storage.open_storage(
-        storage,
-        heartbeat_interval=settings["heartbeat_interval"],
-        grace_period=settings["grace_period"],
-        max_retry=settings["max_retry"],
-    )
-    rdb = retrying(rdb, url=storage, limit=storage_retry)
-    seed = sweep_storage.agent_seed(spec, agent_id)
-    study = sweep_storage.load_study(
-        sweep_id,
-        storage=rdb,
-        sampler=sweep_storage.build_sampler(spec, seed=seed),
-        pruner=sweep_storage.build_pruner(spec, prune),
-    )
     objective = Objective(
         spec,
         sweep_id=sweep_id,

@@ -31,9 +31,10 @@ from endebias.sweeps.agent import (
     TrialSkipped,
     TrialTakenOver,
     _trials,
+    open_agent_study,
     suggest,
 )
-from endebias.sweeps.retry import DEFAULT_RETRY_SECONDS, retrying
+from endebias.sweeps.retry import DEFAULT_RETRY_SECONDS
 from endebias.sweeps.search_space import SweepSpec
 from endebias.training import records
 from endebias.training.config import TrainConfig, make_config
@@ -89,18 +90,11 @@ def run_packed_agent(
     if pack < 1:
         raise ValueError(f"--pack must be >= 1, got {pack}")
     spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
-    check_sweep_packs(spec)
+    check_sweep_packs(spec)  # refused before any storage is opened for writing
+    spec, study = open_agent_study(
+        sweep_id, storage=storage, prune=prune, agent_id=agent_id, storage_retry=storage_retry
+    )
     settings = spec.optuna
-    rdb = sweep_storage.open_storage(
-        storage, heartbeat_interval=settings["heartbeat_interval"],
-        grace_period=settings["grace_period"], max_retry=settings["max_retry"],
-    )
-    rdb = retrying(rdb, url=storage, limit=storage_retry)
-    study = sweep_storage.load_study(
-        sweep_id, storage=rdb,
-        sampler=sweep_storage.build_sampler(spec, seed=sweep_storage.agent_seed(spec, agent_id)),
-        pruner=sweep_storage.build_pruner(spec, prune),
-    )
     objective = Objective(spec, sweep_id=sweep_id, runs_dir=Path(runs_dir), data_dir=data_dir,
                           progress=False)
     result = AgentResult()
