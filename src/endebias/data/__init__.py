@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from endebias.option_types import check_options, option_hints
 from endebias.registry import Registry
 
 
@@ -114,25 +115,11 @@ def register_option_check(name: str) -> Callable[[Callable[..., None]], Callable
     return decorator
 
 
-def dataset_option_names(name: str) -> list[str]:
-    """The options a user may set for a dataset: its builder's keyword arguments."""
-    import inspect
-
-    parameters = inspect.signature(dataset_builder(name)).parameters.values()
-    return [
-        p.name for p in parameters
-        if p.kind is p.KEYWORD_ONLY and p.name not in TRAINER_OPTIONS
-    ]
-
-
 def check_dataset_options(name: str, options: dict[str, Any]) -> None:
-    """Unknown option names, and the values a registered check refuses, without data."""
-    known = dataset_option_names(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"dataset {name!r} has no option {unknown[0]!r}; its options: {', '.join(known)}"
-        )
+    """One line for an unknown, reserved or ill-typed option (its builder's type hints),
+    then the values a registered check refuses; no data is loaded."""
+    hints = option_hints(dataset_builder(name), skip=TRAINER_OPTIONS)
+    check_options("dataset", name, options, hints, reserved=TRAINER_OPTIONS)
     check = _OPTION_CHECKS.get(name)
     if check is not None:
         check(**options)

@@ -18,8 +18,6 @@ ModelBuilder = Callable[..., nn.Module]
 _MODELS: Registry[ModelBuilder] = Registry("model")
 register_model = _MODELS.register
 model_names = _MODELS.names
-# The registered builder (its keyword arguments are the model's options).
-model_builder = _MODELS.get
 
 
 def init_conv_and_norm(model: nn.Module) -> None:
@@ -36,12 +34,16 @@ def init_conv_and_norm(model: nn.Module) -> None:
 def build_model(
     name: str, *, num_classes: int, input_shape: tuple[int, ...], **options: Any
 ) -> nn.Module:
-    builder = _MODELS.get(name)
-    # An unknown or ill-typed option is one line listing the model's options, not a
-    # TypeError from inside a layer's constructor.
-    hints = option_hints(builder, skip=("num_classes", "input_shape"))
-    check_options("model", name, options, hints, reserved=("num_classes", "input_shape"))
-    return builder(num_classes=num_classes, input_shape=input_shape, **options)
+    check_model_options(name, options)
+    return _MODELS.get(name)(num_classes=num_classes, input_shape=input_shape, **options)
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """An unknown or ill-typed option is one line listing the model's options, not a
+    TypeError from inside a layer's constructor (no model is built)."""
+    reserved = ("num_classes", "input_shape")
+    check_options("model", name, options, option_hints(_MODELS.get(name), skip=reserved),
+                  reserved=reserved)
 
 
 from endebias.models import mlp, resnet, simple_conv  # noqa: E402,F401  (registers its models)

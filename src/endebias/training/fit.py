@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from endebias.data import Benchmark, build_dataset, dataset_builder
-from endebias.option_types import check_options, option_hints
+from endebias.data import Benchmark, build_dataset, check_dataset_options
 from endebias.training import distributed, records
 from endebias.training.checkpoint import load_checkpoint, save_checkpoint
 from endebias.training.config import TrainConfig
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 # Dataset builder arguments the trainer passes itself.
-TRAINER_DATASET_OPTIONS = ("data_dir", "seed", "device")
 
 
 class RunAlreadyExistsError(RuntimeError):
@@ -56,11 +54,7 @@ def _split_sizes(benchmark: Benchmark) -> dict[str, int]:
 
 
 def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.device) -> Benchmark:
-    builder = dataset_builder(config.dataset)
-    hints = option_hints(builder, skip=TRAINER_DATASET_OPTIONS)
-    check_options(
-        "dataset", config.dataset, config.dataset_options, hints, reserved=TRAINER_DATASET_OPTIONS
-    )
+    check_dataset_options(config.dataset, config.dataset_options)
     benchmark = build_dataset(
         config.dataset, data_dir=data_dir, seed=config.seed, **config.dataset_options
     )

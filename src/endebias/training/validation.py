@@ -7,14 +7,12 @@ refused in one line before any agent starts (not by each agent dying on a bad dr
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
 from endebias.data import check_dataset_options
 from endebias.methods import build_method
-from endebias.models import model_builder
+from endebias.models import check_model_options
 from endebias.training.config import TrainConfig
 
 
@@ -53,19 +51,6 @@ def check_method_options(method: str, options: dict) -> None:
         raise ValueError(
             f"method {method!r}: an option has a value of the wrong type ({error})"
         ) from None
-
-
-def check_model_options(model: str, options: dict) -> None:
-    builder = model_builder(model)
-    known = [
-        name for name, p in inspect.signature(builder).parameters.items()
-        if p.kind is p.KEYWORD_ONLY and name not in ("num_classes", "input_shape")
-    ]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"model {model!r} has no option {unknown[0]!r}; its options: {', '.join(known)}"
-        )
 
 
 def check_config(config: TrainConfig) -> None:
