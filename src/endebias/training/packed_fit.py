@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from endebias.data import Benchmark
-from endebias.methods import Method, build_method
+from endebias.methods import Method
 from endebias.metrics import aligned_groups, group_counts
-from endebias.models import build_model
 from endebias.training import distributed, records
 from endebias.training.checkpoint import load_checkpoint, save_checkpoint
 from endebias.training.config import TrainConfig
@@ -51,6 +50,7 @@ from endebias.training.packed_epoch import (
     non_finite_record,
     train_packed_epoch,
 )
+from endebias.training.prepared import build_run_method
 from endebias.training.run_lock import RunInUseError, RunLock
 
 log = logging.getLogger(__name__)
@@ -147,16 +147,7 @@ def _member(
     index: int, config: TrainConfig, run_dir: Path, lock: RunLock, benchmark: Benchmark,
     resume: bool,
 ) -> Member:
-    torch.manual_seed(config.seed)  # the solo run's initial weights, exactly
-    model = build_model(
-        config.model, num_classes=benchmark.num_targets, input_shape=benchmark.input_shape,
-        **config.model_options,
-    )
-    solo = build_method(
-        config.method, model=model, num_targets=benchmark.num_targets,
-        num_biases=benchmark.num_biases, train_targets=benchmark.train.targets,
-        train_biases=benchmark.train.biases, **config.method_options,
-    )
+    solo = build_run_method(config, benchmark)  # the solo run's initial weights, exactly
     member = Member(index, config, run_dir, solo, lock, {"method": solo.state_dict()})
     state = load_checkpoint(run_dir) if resume else None  # verified; falls back to .prev
     if state is not None:

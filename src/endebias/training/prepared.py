@@ -43,6 +43,27 @@ class PreparedRun:
     reduce_counts: Callable[[Tensor], Tensor] | None
 
 
+def build_run_method(config: TrainConfig, benchmark: Benchmark) -> Method:
+    """The config's model wrapped in its method, with the weights the run starts from (the
+    config's seed): what a solo run, a packed member and stage 2 of pseudo labels share."""
+    torch.manual_seed(config.seed)
+    model = build_model(
+        config.model,
+        num_classes=benchmark.num_targets,
+        input_shape=benchmark.input_shape,
+        **config.model_options,
+    )
+    return build_method(
+        config.method,
+        model=model,
+        num_targets=benchmark.num_targets,
+        num_biases=benchmark.num_biases,
+        train_targets=benchmark.train.targets,
+        train_biases=benchmark.train.biases,
+        **config.method_options,
+    )
+
+
 def check_forward(method: Method, benchmark: Benchmark, config: TrainConfig) -> None:
     """One forward pass of two training inputs in eval mode (no statistics updated, no
     random numbers drawn): a model that cannot take the dataset's inputs fails here, in
@@ -94,22 +115,7 @@ def prepare(
     aligned = benchmark.aligned if benchmark.aligned is not None else aligned_groups(train_counts)
     aligned = aligned.to(train_counts.device)
 
-    torch.manual_seed(config.seed)
-    model = build_model(
-        config.model,
-        num_classes=benchmark.num_targets,
-        input_shape=benchmark.input_shape,
-        **config.model_options,
-    )
-    method = build_method(
-        config.method,
-        model=model,
-        num_targets=benchmark.num_targets,
-        num_biases=benchmark.num_biases,
-        train_targets=benchmark.train.targets,
-        train_biases=benchmark.train.biases,
-        **config.method_options,
-    ).to(device)
+    method = build_run_method(config, benchmark).to(device)
     check_forward(method, benchmark, config)
     distributed.prepare_method(method, context, device)
     fast = FastPath.resolve(

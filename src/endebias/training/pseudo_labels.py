@@ -30,15 +30,15 @@ import torch
 
 from endebias.agreement import label_agreement
 from endebias.data import Benchmark, Split
-from endebias.methods import build_method, method_class
+from endebias.methods import method_class
 from endebias.metrics import aligned_groups, group_counts
-from endebias.models import build_model
 from endebias.pseudo_labels import pseudo_bias_labels
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.checkpoint import load_checkpoint
 from endebias.training.config import TrainConfig
 from endebias.training.fit import existing_run, fit, load_benchmark, resolve_device
+from endebias.training.prepared import build_run_method
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,7 @@ def derive_labels(
     first = stage1_config(config)
     device = resolve_device(config.device)
     benchmark = load_benchmark(first, data_dir=data_dir, device=device)
-    torch.manual_seed(first.seed)
-    model = build_model(
-        first.model, num_classes=benchmark.num_targets, input_shape=benchmark.input_shape,
-        **first.model_options,
-    )
-    method = build_method(
-        first.method, model=model, num_targets=benchmark.num_targets,
-        num_biases=benchmark.num_biases, train_targets=benchmark.train.targets,
-        train_biases=benchmark.train.biases, **first.method_options,
-    ).to(device)
+    method = build_run_method(first, benchmark).to(device)
     state = load_checkpoint(stage1_dir)  # verified; falls back to the previous good one
     if state is None:
         raise FileNotFoundError(f"{stage1_dir} holds no checkpoint of the stage-1 model")
