@@ -28,6 +28,7 @@ from endebias.training.pseudo_labels import (
     stage1_config,
     write_labels,
 )
+from endebias.training.run_lock import RunInUseError
 
 DATA = {"rho": 0.9, "train_size": 256, "eval_size": 64}
 MODEL = {"channels": [4, 8], "kernel_size": 3}
@@ -150,6 +151,25 @@ def test_resumes_at_the_stage_it_was_killed_in(tmp_path, kill_at):
         reference_folder = tmp_path / "reference" / folder.relative_to(run_dir)
         assert list(map(untimed, records.read_metrics(folder))) == list(
             map(untimed, records.read_metrics(reference_folder)))
+
+
+def test_a_folder_held_by_another_process_is_refused_before_any_write(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from endebias.training.run_lock import RunLock; "
+         f"lock = RunLock.acquire({str(tmp_path)!r}); print('held', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError, match=f"in use by process {holder.pid}"):
+            fit_with_bias_labels(pseudo_config(), tmp_path, progress=False)
+        assert sorted(path.name for path in tmp_path.iterdir()) == [records.LOCK]
+    finally:
+        holder.communicate("")
+    # Once the holder has gone, the same call trains all three stages.
+    fit_with_bias_labels(pseudo_config(stage1_epochs=1), tmp_path, progress=False)
+    assert (tmp_path / records.DONE).exists() and not (tmp_path / records.LOCK).exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "wrong-labels"])

@@ -202,8 +202,12 @@ def fit(
     on_epoch: EpochCallback | None = None,
     echo: Callable[[str], None] | None = None,
     prepare_benchmark: Callable[[Benchmark], None] | None = None,
+    lock: RunLock | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its best-by-valid record.
+
+    ``lock``, if given, is the caller's lock on ``run_dir`` (the pseudo-label pipeline
+    holds its folder across all three stages); fit uses it and leaves it held.
 
     ``prepare_benchmark(benchmark)``, if given, may change the loaded benchmark in place
     before anything is built from it (pseudo bias labels replace the training ones).
@@ -221,7 +225,9 @@ def fit(
     device = resolve_device(config.device)
     context, _ = distributed.setup(device.type)
     main = context is None or context.is_main
-    lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
+    own_lock = lock is None
+    if lock is None:
+        lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
     try:
         if main:  # a killed writer's half-written files: ours to clear, as the lock holder
             for path in records.remove_temp_files(run_dir):
@@ -233,7 +239,8 @@ def fit(
             run = prepare(config, run_dir, data_dir=data_dir, device=device, context=context,
                           prepare_benchmark=prepare_benchmark)
         except BaseException:
-            lock.abandon()  # a failed start leaves no run folder behind
+            if own_lock:
+                lock.abandon()  # a failed start leaves no run folder behind
             raise
         if main:
             lock.check()
@@ -243,7 +250,8 @@ def fit(
         return _loop(run, lock, history, main=main, progress=progress and main,
                      on_epoch=on_epoch, echo=echo)
     finally:
-        lock.release()
+        if own_lock:
+            lock.release()
 
 
 def _loop(

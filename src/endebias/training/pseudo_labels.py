@@ -39,6 +39,7 @@ from endebias.training.checkpoint import load_checkpoint
 from endebias.training.config import TrainConfig
 from endebias.training.fit import existing_run, fit, load_benchmark, resolve_device
 from endebias.training.prepared import build_run_method
+from endebias.training.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -164,36 +165,56 @@ def fit_with_bias_labels(
                    echo=echo, **fit_options)
     _check_method(config)
     run_dir = Path(run_dir)
-    config_path = run_dir / records.CONFIG
-    finished = existing_run(config, run_dir, resume=resume)  # fit's own rules for the folder
-    if finished is not None:
-        return finished
+    main = int(os.environ.get("RANK", "0")) == 0
+    # The run's folder is held from the first look to the last write, across all three
+    # stages (stage 1 has its own folder and lock), as fit holds a solo run's.
+    lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
+    try:
+        if main:
+            records.remove_temp_files(run_dir)
+        finished = existing_run(config, run_dir, resume=resume)  # fit's rules for the folder
+        if finished is not None:
+            return finished
+        # Written before stage 1, so the folder is this run from the start: a second launch
+        # without --resume is refused, and `results` lists it as unfinished.
+        if main:
+            records.atomic_write_json(run_dir / records.CONFIG, config.to_dict())
+        labels = _stages_1_and_2(config, run_dir, lock, main=main, data_dir=data_dir,
+                                 progress=progress, echo=echo)
+        log.info("stage 3: %s on the pseudo labels in %s", config.method, run_dir)
+        return fit(config, run_dir, data_dir=data_dir, resume=True, progress=progress,
+                   echo=echo, prepare_benchmark=lambda benchmark: use_labels(benchmark, labels),
+                   lock=lock, **fit_options)
+    finally:
+        lock.release()
+
+
+def _stages_1_and_2(
+    config: TrainConfig, run_dir: Path, lock: RunLock, *, main: bool, data_dir: str | None,
+    progress: bool, echo: Callable[[str], None] | None,
+) -> np.ndarray:
+    """Train (or resume, or reuse) the bias-capturing model, then read the pseudo labels
+    or derive and write them."""
     first = stage1_config(config)
-    # Written before stage 1, so the folder is this run from the start: a second launch
-    # without --resume is refused, and `results` lists it as unfinished.
-    if int(os.environ.get("RANK", "0")) == 0:
-        records.atomic_write_json(config_path, config.to_dict())
     stage1_dir = run_dir / STAGE1
     log.info("stage 1: %s bias-capturing model, %d epochs, in %s",
              first.method, first.epochs, stage1_dir)
     fit(first, stage1_dir, data_dir=data_dir, resume=True, progress=progress,
         echo=None if echo is None else lambda line: echo(f"stage 1 | {line}"))
-
     labels_path = run_dir / LABELS
     labels = read_labels(labels_path)
-    if labels is None:
-        log.info("stage 2: %s pseudo bias labels", config.pseudo_options["labelling"])
-        labels, benchmark = derive_labels(config, stage1_dir, data_dir=data_dir)
-        agreement = label_agreement(labels, benchmark.train.biases.cpu().numpy())
-        agreement["labelling"] = config.pseudo_options["labelling"]
-        if int(os.environ.get("RANK", "0")) == 0:
-            # The labels file last: it is what marks stage 2 as done.
-            records.atomic_write_json(run_dir / AGREEMENT, agreement)
-            write_labels(labels_path, labels)
-        log.info("pseudo labels: %d values; agreement with the true bias labels: "
-                 "NMI %.3f, matched accuracy %.4f", agreement["num_pseudo_labels"],
-                 agreement["nmi"], agreement["matched_acc"])
-    log.info("stage 3: %s on the pseudo labels in %s", config.method, run_dir)
-    return fit(config, run_dir, data_dir=data_dir, resume=True, progress=progress, echo=echo,
-               prepare_benchmark=lambda benchmark: use_labels(benchmark, labels),
-               **fit_options)
+    if labels is not None:
+        return labels
+    log.info("stage 2: %s pseudo bias labels", config.pseudo_options["labelling"])
+    labels, benchmark = derive_labels(config, stage1_dir, data_dir=data_dir)
+    agreement = label_agreement(labels, benchmark.train.biases.cpu().numpy())
+    agreement["labelling"] = config.pseudo_options["labelling"]
+    if main:
+        lock.check()
+        # The labels file last: it is what marks stage 2 as done.
+        records.atomic_write_json(run_dir / AGREEMENT, agreement)
+        write_labels(labels_path, labels)
+    log.info("pseudo labels: %d values; agreement with the true bias labels: "
+             "NMI %.3f, matched accuracy %.4f", agreement["num_pseudo_labels"],
+             agreement["nmi"], agreement["matched_acc"])
+    return labels
