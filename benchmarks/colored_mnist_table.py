@@ -1,10 +1,16 @@
 """Vanilla vs EnD on Colored MNIST (colour variance sigma2), with the quick CPU model.
 
-Trains one run per (sigma2, method) through the library's trainer and prints a markdown
-table of the best-by-valid epoch: biased-test and unbiased-test accuracy, and the
+Trains one run per (sigma2, method, seed) through the library's trainer and prints a
+markdown table of the best-by-valid epoch: biased-test and unbiased-test accuracy, and the
 unbiased test set's bias-conflicting accuracy.
 
-    .venv/bin/python benchmarks/colored_mnist_table.py --data-dir ../shared/data
+    .venv/bin/python benchmarks/colored_mnist_table.py --data-dir ../shared/data \
+        [--methods vanilla end lff end-pseudo-cluster end-pseudo-predictions] [--out DIR]
+
+``end-pseudo-L`` is EnD on pseudo bias labels (``--bias-labels pseudo``, labelling ``L``,
+the other pseudo options at their defaults); its rows add the labels' agreement with the
+dataset's own bias labels (NMI and matched accuracy, x100). With ``--out`` the runs are
+kept there and reused when the script is run again.
 
 The defaults are sized for a few minutes on 2 CPU cores; drop ``--train-subset`` and
 raise ``--epochs`` for the full protocol (a GPU helps).
@@ -25,22 +31,28 @@ from typing import Any
 
 import torch
 
+from endebias.training import records
+from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
-from endebias.training.fit import fit
+from endebias.training.pseudo_labels import fit_with_bias_labels
 
 log = logging.getLogger("colored_mnist_table")
 COLUMNS = ("biased_test_acc", "unbiased_test_acc", "unbiased_test_acc_conflicting", "valid_acc")
+METHODS = ("vanilla", "end", "lff", "end-pseudo-cluster", "end-pseudo-predictions")
 
 
 def run_one(
     *, sigma2: float, method: str, seed: int, args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
-    method_options = {"alpha": args.alpha, "beta": args.beta} if method == "end" else {}
+    """The run's best-by-valid record; pseudo-label runs add the labels' agreement."""
+    base, _, labelling = method.partition("-pseudo-")
+    method_options = {"alpha": args.alpha, "beta": args.beta} if base == "end" else {}
+    pseudo = {"bias_labels": "pseudo", "pseudo_options": {"labelling": labelling}}
     config = make_config(
         "quick",
         dataset="colored-mnist",
         dataset_options={"sigma2": sigma2},
-        method=method,
+        method=base,
         method_options=method_options,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -49,15 +61,27 @@ def run_one(
         eval_subset=args.eval_subset,
         seed=seed,
         device=args.device,
+        **(pseudo if labelling else {}),
     )
     # make_config merges dict options into the default ones, which carry Biased MNIST's
     # rho; this benchmark takes sigma2 only, so its options replace them outright.
     config = dataclasses.replace(config, dataset_options={"sigma2": sigma2})
+    run_dir = out / f"{method}-{sigma2}-{seed}"
     started = time.perf_counter()
-    best = fit(config, out / f"{method}-{sigma2}-{seed}", data_dir=args.data_dir, progress=False)
+    best = fit_with_bias_labels(config, run_dir, data_dir=args.data_dir, resume=True,
+                                progress=False)
     log.info("sigma2=%s %s seed %d: %.0f s, best epoch %d", sigma2, method, seed,
              time.perf_counter() - started, best["epoch"])
+    if labelling:
+        agreement = records.read_json(run_dir / AGREEMENT)
+        best = {**best, "pseudo_nmi": agreement["nmi"],
+                "pseudo_matched_acc": agreement["matched_acc"]}
     return best
+
+
+def mean_std(records_: list[dict[str, Any]], key: str) -> str:
+    values = [100 * best[key] for best in records_]
+    return f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}"
 
 
 def main() -> None:
@@ -73,6 +97,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", help="data folder (default: $ENDEBIAS_DATA)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["vanilla", "end"])
+    parser.add_argument("--out", help="keep the runs here and reuse them (default: a "
+                                      "temporary folder, removed at the end)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -80,13 +107,12 @@ def main() -> None:
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
+        out = Path(args.out or folder)
         for sigma2 in args.sigma2:
-            for method in ("vanilla", "end"):
-                records = [
-                    run_one(sigma2=sigma2, method=method, seed=seed, args=args, out=Path(folder))
-                    for seed in args.seeds
-                ]
-                rows.append((sigma2, method, records))
+            for method in args.methods:
+                runs = [run_one(sigma2=sigma2, method=method, seed=seed, args=args, out=out)
+                        for seed in args.seeds]
+                rows.append((sigma2, method, runs))
     minutes = (time.perf_counter() - started) / 60
 
     print(
@@ -97,13 +123,14 @@ def main() -> None:
         f", torch {torch.__version__}, {torch.get_num_threads()} threads, {minutes:.1f} min.\n"
     )
     print("mean ± std (population) over seeds of the best-by-valid epoch, accuracy in %.\n")
-    print("| sigma² | method | biased test | unbiased test | unbiased test, conflicting | valid |")
-    print("|---|---|---|---|---|---|")
-    for sigma2, method, records in rows:
-        cells = []
-        for key in COLUMNS:
-            values = [100 * best[key] for best in records]
-            cells.append(f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}")
+    pseudo = any("pseudo" in method for method in args.methods)
+    extra = " pseudo labels: NMI | matched |" if pseudo else ""
+    print("| sigma² | method | biased test | unbiased test | unbiased test, conflicting | valid |"
+          + extra)
+    print("|---|---|---|---|---|---|" + ("---|---|" if pseudo else ""))
+    for sigma2, method, runs in rows:
+        keys = COLUMNS + (("pseudo_nmi", "pseudo_matched_acc") if pseudo else ())
+        cells = [mean_std(runs, key) if key in runs[0] else "-" for key in keys]
         print(f"| {sigma2} | {method} | " + " | ".join(cells) + " |")
 
 
