@@ -77,7 +77,12 @@ class _Retrier:
         self.dead: StorageUnavailable | None = None
         self.lock = threading.Lock()
 
-    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def call(self, method: Callable[..., Any], *args: Any,
+             landed: Callable[[], bool] | None = None, **kwargs: Any) -> Any:
+        """``method(*args, **kwargs)``, retried on transient errors. ``landed()``, if
+        given, is asked before each retry whether the failed try was committed after all
+        (the connection dropped after the commit, before its answer): then the write is
+        not repeated, and the call returns True."""
         if self.dead is not None:
             raise StorageUnavailable(str(self.dead))
         started = time.monotonic()
@@ -86,7 +91,10 @@ class _Retrier:
         while True:
             try:
                 with held_interrupts():  # Ctrl-C mid-commit would leave SQLite locked
-                    result = method(*args, **kwargs)
+                    if warned and landed is not None and landed():
+                        result = True
+                    else:
+                        result = method(*args, **kwargs)
             except Exception as error:
                 if not is_transient(error):
                     raise
@@ -137,10 +145,24 @@ def retrying(
     if limit < 0:
         raise ValueError(f"storage retry limit must be >= 0 seconds, got {limit:g}")
     retrier = _Retrier(url, limit)
+    raw_get_trial = storage.get_trial
+    raw_set_state = storage.set_trial_state_values
     for name in RETRIED:
         method = getattr(storage, name, None)
         if method is not None:
             setattr(storage, name, functools.partial(retrier.call, method))
+
+    def set_trial_state_values(trial_id: int, state: Any, values: Any = None) -> bool:
+        # Repeating a finishing write that did land would fail ("trial already finished")
+        # and turn a finished trial into an agent error.
+        def landed() -> bool:
+            trial = raw_get_trial(trial_id)
+            return trial.state == state and (
+                values is None or list(trial.values or []) == list(values))
+        return retrier.call(raw_set_state, trial_id, state, values,
+                            landed=landed if state.is_finished() else None)
+
+    storage.set_trial_state_values = set_trial_state_values
     storage.record_heartbeat = functools.partial(retrier.heartbeat, storage.record_heartbeat)
     return storage
 
