@@ -21,37 +21,19 @@ from endebias.sweeps import storage as sweep_storage
 from endebias.training import records
 from endebias.training.config import TrainConfig
 from endebias.training.fit import fit
+from tiny_sweep import FAST_HEARTBEATS, tiny_sweep_spec, write_sweep_file
 
 pytestmark = pytest.mark.slow
 
 
 def sweep_file(tmp_path: Path, *, run_cap: int, epochs: int, method: str = "bayes",
                **parameters) -> Path:
-    """EnD on the synthetic benchmark with a small network (about a second per epoch)."""
-    mapping = {
-        "name": "tiny packed sweep",
-        "method": method,
-        "metric": {"name": "valid_acc", "goal": "maximize"},
-        "run_cap": run_cap,
-        "optuna": {"seed": 7, "n_startup_trials": 2, "heartbeat_interval": 1, "grace_period": 3},
-        "parameters": {
-            "alpha": {"distribution": "uniform", "min": 0.0, "max": 1.0},
-            "beta": {"distribution": "uniform", "min": 0.0, "max": 1.0},
-            "method": {"value": "end"},
-            "dataset": {"value": "synthetic"},
-            "preset": {"value": "quick"},
-            "epochs": {"value": epochs},
-            "batch_size": {"value": 64},
-            "lr": {"value": 0.01},
-            "train_size": {"value": 256},
-            "eval_size": {"value": 128},
-            "model_options.channels": {"value": [8, 16]},
-            **parameters,
-        },
-    }
-    path = tmp_path / f"sweep-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump(mapping))
-    return path
+    """The tiny EnD sweep with the batch and learning rate that packing requires alike."""
+    spec = tiny_sweep_spec(run_cap=run_cap, epochs=epochs, method=method,
+                           optuna=FAST_HEARTBEATS, batch_size={"value": 64},
+                           lr={"value": 0.01}, **parameters)
+    return write_sweep_file(tmp_path / f"sweep-{uuid.uuid4().hex[:6]}.yaml",
+                            {"name": "tiny packed sweep", **spec})
 
 
 def create(tmp_path: Path, capsys, file: Path) -> tuple[str, str]:

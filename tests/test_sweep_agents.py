@@ -16,42 +16,22 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from endebias.cli.main import main
 from endebias.sweeps import storage as sweep_storage
 from endebias.training import records
+from tiny_sweep import FAST_HEARTBEATS, tiny_sweep_spec, write_sweep_file
 
 pytestmark = pytest.mark.slow
 POSTGRES_ENV = "ENDEBIAS_TEST_POSTGRES_URL"
 
 
 def tiny_sweep(tmp_path: Path, *, run_cap: int, epochs: int) -> Path:
-    """EnD on the synthetic benchmark with a small network: about a second per epoch."""
-    mapping = {
-        "name": "tiny synthetic sweep",
-        "program": "never_run.py",
-        "method": "bayes",
-        "metric": {"name": "valid_acc", "goal": "maximize"},
-        "run_cap": run_cap,
-        # Short heartbeats so that a killed agent's trial goes stale within seconds.
-        "optuna": {"seed": 7, "n_startup_trials": 2, "heartbeat_interval": 1, "grace_period": 3},
-        "parameters": {
-            "alpha": {"distribution": "uniform", "min": 0.0, "max": 1.0},
-            "beta": {"distribution": "uniform", "min": 0.0, "max": 1.0},
-            "method": {"value": "end"},
-            "dataset": {"value": "synthetic"},
-            "preset": {"value": "quick"},
-            "epochs": {"value": epochs},
-            "train_size": {"value": 256},
-            "eval_size": {"value": 128},
-            "model_options.channels": {"value": [8, 16]},
-        },
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(mapping))
-    return path
+    """The official file's form (a ``program`` no agent runs) of the tiny EnD sweep."""
+    spec = tiny_sweep_spec(run_cap=run_cap, epochs=epochs, optuna=FAST_HEARTBEATS)
+    return write_sweep_file(tmp_path / "tiny.yaml", {
+        "name": "tiny synthetic sweep", "program": "never_run.py", **spec})
 
 
 def endebias(*args: str, cwd: Path) -> subprocess.Popen:
