@@ -17,13 +17,15 @@ from endebias.training import records
 
 
 def write_run(folder, name, *, method, rho, seed, unbiased, seconds=(10.0, 20.0),
-              options=None, done=True, preset="quick"):
+              options=None, done=True, preset="quick", fast_path=None):
     run_dir = folder / name
     run_dir.mkdir(parents=True)
     config = {"dataset": "biased-mnist", "dataset_options": {"rho": rho}, "method": method,
               "method_options": options or {}, "preset": preset, "seed": seed}
     best = {"epoch": 2, "valid_acc": unbiased, "biased_test_acc": 0.99,
             "unbiased_test_acc": unbiased, "unbiased_test_acc_conflicting": unbiased - 0.05}
+    if fast_path is not None:
+        best["fast_path"] = fast_path
     records.atomic_write_json(run_dir / records.CONFIG, config)
     records.atomic_write_json(run_dir / records.BEST, best)
     lines = [records.dumps({"epoch": i + 1, "train_seconds": s}) for i, s in enumerate(seconds)]
@@ -46,6 +48,19 @@ def table_runs(tmp_path):
     write_run(folder, "groupdro-1", method="groupdro", rho=0.99, seed=1, unbiased=0.5)
     write_run(folder, "lff-1", method="lff", rho=0.997, seed=1, unbiased=0.3, done=False)
     return folder
+
+
+def test_bf16_and_float32_seeds_of_one_config_are_separate_rows(tmp_path):
+    """Both configs say amp "auto"; the records say what it became on each machine."""
+    folder = tmp_path / "runs"
+    for seed, fast_path in ((1, "amp"), (2, "amp"), (3, "none"), (4, None)):
+        write_run(folder, f"end-{seed}", method="end", rho=0.997, seed=seed,
+                  unbiased=0.5 + seed / 100, options={"alpha": 1.0}, fast_path=fast_path)
+    write_run(folder, "end-5", method="end", rho=0.997, seed=5, unbiased=0.6,
+              options={"alpha": 1.0}, fast_path="amp, compile, channels_last")
+    cells, _ = comparison.group_runs(comparison.find_runs([folder]))
+    assert sorted((c.label, tuple(c.seeds)) for c in cells) == [
+        ("end alpha=1", (3, 4)), ("end alpha=1 [bf16]", (1, 2, 5))]
 
 
 def test_cells_hold_the_seeds_of_one_setting(table_runs):

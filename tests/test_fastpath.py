@@ -10,6 +10,8 @@ import torch
 from endebias.cli.main import build_parser, config_from_args
 from endebias.methods import build_method
 from endebias.models import build_model
+from endebias.regularizer import end_terms
+from endebias.training import fastpath
 from endebias.training.config import TrainConfig, make_config
 from endebias.training.fastpath import FastPath
 from endebias.training.fit import fit
@@ -35,10 +37,34 @@ def test_cli_flags_reach_the_config() -> None:
     assert (default.amp, default.compile, default.channels_last) == ("auto", "auto", "auto")
 
 
-def test_auto_leaves_the_cpu_path_unchanged() -> None:
+@pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
+def test_auto_turns_bf16_on_for_a_cpu_with_native_bf16(monkeypatch, flag: str) -> None:
+    monkeypatch.setattr(fastpath, "cpu_bf16_native", lambda: flag)
+    assert FastPath.resolve(CPU) == FastPath(amp=True, compile=False, channels_last=False)
+    assert FastPath.resolve(CPU, amp="off") == FastPath()
+
+
+def test_auto_leaves_a_cpu_without_native_bf16_in_float32(monkeypatch) -> None:
+    monkeypatch.setattr(fastpath, "cpu_bf16_native", lambda: None)
     assert FastPath.resolve(CPU) == FastPath()
     forced = FastPath.resolve(CPU, amp="on", compile="off", channels_last="on")
     assert forced == FastPath(amp=True, compile=False, channels_last=True)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert fastpath.cpu_bf16_native() == "avx512_bf16"
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 amx_tile amx_bf16 avx512_bf16\n")
+    assert fastpath.cpu_bf16_native() == "amx_bf16"
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f\n")
+    assert fastpath.cpu_bf16_native() is None
 
 
 def test_channels_last_converts_weights_and_inputs() -> None:
@@ -67,6 +93,21 @@ def test_bf16_autocast_keeps_the_end_loss_close() -> None:
     torch.testing.assert_close(mixed_parts["r_par"], exact_parts["r_par"], rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("pairs", ["all", "reference"])
+def test_end_terms_under_autocast_are_computed_in_float32(pairs: str) -> None:
+    """Float32 features under autocast: both pair selections give the float32 terms to
+    float32 rounding (the reference path's Gram product must not drop to bf16)."""
+    generator = torch.Generator().manual_seed(3)
+    features = torch.nn.functional.normalize(torch.randn(48, 32, generator=generator), dim=1)
+    targets, biases = torch.randint(4, (2, 48), generator=generator)
+    exact = end_terms(features, targets, biases, pairs=pairs, num_targets=4, num_biases=4)
+    with FastPath(amp=True).autocast(CPU):
+        mixed = end_terms(features, targets, biases, pairs=pairs, num_targets=4, num_biases=4)
+    for ours, theirs in zip(mixed, exact, strict=True):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_compile_and_channels_last_train_like_eager(tmp_path: Path) -> None:
     """One epoch of EnD on the synthetic benchmark with the options forced on (CPU): the
@@ -81,3 +122,16 @@ def test_compile_and_channels_last_train_like_eager(tmp_path: Path) -> None:
         results[name] = read_metrics(tmp_path / name)[0]
     for key in ("train_loss", "train_r_perp", "train_r_par", "valid_acc", "unbiased_test_acc"):
         assert results["fast"][key] == pytest.approx(results["eager"][key], rel=1e-3, abs=1e-4), key
+
+
+def test_records_name_the_arithmetic_auto_chose(tmp_path: Path, monkeypatch) -> None:
+    """config.json keeps "auto"; each epoch's record says what it resolved to here."""
+    for flag, expected in ((None, "none"), ("avx512_bf16", "amp")):
+        monkeypatch.setattr(fastpath, "cpu_bf16_native", lambda flag=flag: flag)
+        config = make_config("quick", dataset="synthetic", method="end", epochs=1,
+                             device="cpu", dataset_options={"train_size": 64, "eval_size": 32})
+        run_dir = tmp_path / expected
+        fit(config, run_dir, progress=False)
+        assert config.amp == "auto"
+        assert [r["fast_path"] for r in read_metrics(run_dir)] == [expected]
+

@@ -28,10 +28,12 @@ pytestmark = pytest.mark.slow
 
 def sweep_file(tmp_path: Path, *, run_cap: int, epochs: int, method: str = "bayes",
                **parameters) -> Path:
-    """The tiny EnD sweep with the batch and learning rate that packing requires alike."""
+    """The tiny EnD sweep with the batch and learning rate that packing requires alike,
+    in float32 (packed and solo runs agree to float32 rounding; under bf16 autocast, which
+    "auto" picks on a CPU with native bf16, they drift apart)."""
     spec = tiny_sweep_spec(run_cap=run_cap, epochs=epochs, method=method,
                            optuna=FAST_HEARTBEATS, batch_size={"value": 64},
-                           lr={"value": 0.01}, **parameters)
+                           lr={"value": 0.01}, amp={"value": "off"}, **parameters)
     return write_sweep_file(tmp_path / f"sweep-{uuid.uuid4().hex[:6]}.yaml",
                             {"name": "tiny packed sweep", **spec})
 
@@ -152,11 +154,17 @@ def test_a_killed_packed_agent_is_requeued_and_resumed(tmp_path, capsys):
 
 
 def test_ctrl_c_puts_the_packed_trials_back_in_the_queue(tmp_path, capsys):
-    sweep_id, storage = create(tmp_path, capsys, sweep_file(tmp_path, run_cap=2, epochs=6))
+    # Many epochs: a tiny epoch takes milliseconds, and the trials must still be running
+    # when the signal comes (Ctrl-C ends them at the next batch).
+    sweep_id, storage = create(tmp_path, capsys, sweep_file(tmp_path, run_cap=2, epochs=500))
     command = [sys.executable, "-m", "endebias", "sweep", "agent", sweep_id, "--storage", storage,
                "--pack", "2"]
+    # SIGINT at its default in the agent, as in a terminal: a shell starts background jobs
+    # with SIGINT ignored, and a test run from one would pass that on.
     agent_process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                      signal.SIG_DFL))
     folder = tmp_path / "runs" / sweep_id
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(

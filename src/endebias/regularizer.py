@@ -245,7 +245,10 @@ def end_terms(
     dense_targets, num_targets = _dense_labels(targets, num_targets)
     dense_biases, num_biases = _dense_labels(biases, num_biases)
     if pairs == "reference":
-        return _reference(flat, dense_targets, dense_biases, num_biases)
+        # Autocast would run the Gram product in bf16 (and index_add would then refuse to
+        # mix it with float32): the official arithmetic is float32 throughout.
+        with torch.autocast(flat.device.type, enabled=False):
+            return _reference(flat, dense_targets, dense_biases, num_biases)
     return _closed_form(
         flat, dense_targets, dense_biases, num_targets, num_biases, reduce_group_sums
     )

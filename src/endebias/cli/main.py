@@ -94,9 +94,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, help="train on this many images only")
     parser.add_argument("--eval-subset", type=int, help="evaluate on this many images per split")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    # The GPU fast path; "auto" (the default) turns each on for CUDA and off for CPU.
+    # The fast path; "auto" (the default) turns each on for CUDA, and on CPU only amp, where
+    # bf16 is native (training.fastpath).
     switches = ["auto", "on", "off"]
-    parser.add_argument("--amp", choices=switches, help="bf16 autocast (auto: on for bf16 GPUs)")
+    parser.add_argument("--amp", choices=switches, help="bf16 autocast (auto: on where bf16 is "
+                        "native: Ampere or later GPUs, CPUs with avx512_bf16 or AMX)")
     parser.add_argument("--compile", choices=switches, help="torch.compile the model")
     parser.add_argument("--channels-last", choices=switches, help="channels_last memory format")
     examples = {"method": "layer=blocks.9", "model": "channels=[8,16,32,64]",

@@ -62,11 +62,13 @@ class Cell:
     dataset: str = ""
     # How the training bias labels were made, for runs on pseudo labels (pseudo_label_kind).
     bias_labels: str = ""
+    # "bf16" where the runs trained under bf16 autocast (arithmetic).
+    arithmetic: str = ""
 
     @property
     def label(self) -> str:
         options = [f"{k}={_short(v)}" for k, v in sorted(self.options.items())]
-        tags = [f"[{tag}]" for tag in (self.variant, self.bias_labels) if tag]
+        tags = [f"[{tag}]" for tag in (self.variant, self.bias_labels, self.arithmetic) if tag]
         return " ".join([self.method, *options, *tags])
 
     def agreement(self, key: str) -> tuple[float, float] | None:
@@ -107,6 +109,13 @@ def model_variant(config: dict[str, Any]) -> str:
         return ""
     normalised = config.get("model_options", {}).get("normalize_features", True)
     return "EnD model" if normalised else "ReBias model"
+
+
+def arithmetic(best: dict[str, Any]) -> str:
+    """``bf16`` for a run whose epochs ran under bf16 autocast (its records' ``fast_path``;
+    ``--amp auto`` picks it where bf16 is native), ``""`` for float32 or records that
+    predate the field."""
+    return "bf16" if "amp" in str(best.get("fast_path", "")).split(", ") else ""
 
 
 def pseudo_label_kind(config: dict[str, Any]) -> str:
@@ -162,6 +171,8 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
             unfinished += 1
             continue
         key_config = {k: v for k, v in run.config.items() if k != "seed"}
+        # Seeds run in bf16 and in float32 are not one cell, though "auto" reads the same.
+        key_config["arithmetic"] = arithmetic(run.best)
         key = json.dumps(key_config, sort_keys=True, default=str)
         if key not in cells:
             rho = run.config.get("dataset_options", {}).get("rho")
@@ -169,7 +180,8 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
                               None if rho is None else float(rho),
                               variant=_variant_if_vanilla(run.config),
                               dataset=str(run.config.get("dataset", "?")),
-                              bias_labels=pseudo_label_kind(run.config))
+                              bias_labels=pseudo_label_kind(run.config),
+                              arithmetic=arithmetic(run.best))
         cells[key].runs.append(run)
     _set_columns(list(cells.values()))
 

@@ -147,7 +147,8 @@ def run_epoch(run: PreparedRun, epoch: int, *, progress: bool) -> dict[str, Any]
         run.method, run.optimizer, run.benchmark, config, epoch, progress, run.runner
     )
     run.scheduler.step()
-    record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    # The arithmetic "auto" chose on this machine (config.json keeps the option as given).
+    record: dict[str, Any] = {"epoch": epoch, "lr": lr, "fast_path": run.fast.describe()}
     record.update({f"train_{k}": v for k, v in train_stats.items()})
     record["train_seconds"] = time.perf_counter() - started
     for name, split in run.evaluations.items():

@@ -246,7 +246,8 @@ class _Pack:
                     leaving.add(position)
                     outcomes[member.index] = self._fail(member, diverged[position])
                     continue
-                record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+                record: dict[str, Any] = {"epoch": epoch, "lr": lr,
+                                          "fast_path": self.fast.describe()}
                 record.update({f"train_{k}": v for k, v in stats[position].items()})
                 record["train_seconds"] = train_seconds
                 for name in names:
