@@ -15,6 +15,9 @@ from endebias.sweeps import interrupts
 @pytest.fixture(autouse=True)
 def restore_sigint():
     previous = signal.getsignal(signal.SIGINT)
+    # Start from Python's own handler, whatever an earlier test left behind or the shell
+    # gave (a background job starts with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupts._State.installed = False
     yield
     signal.signal(signal.SIGINT, previous)
