@@ -171,7 +171,10 @@ def test_ctrl_c_puts_the_packed_trials_back_in_the_queue(tmp_path, capsys):
             p.stat().st_size > 0 for p in folder.glob("*/metrics.jsonl")):
         time.sleep(0.05)
     agent_process.send_signal(signal.SIGINT)
-    _, err = agent_process.communicate(timeout=60)
+    try:
+        _, err = agent_process.communicate(timeout=60)
+    finally:
+        agent_process.kill()  # a failed test must not leave an agent training for ever
     assert agent_process.returncode == 130, err[-2000:]
     assert "the packed trials are back in the queue" in err
     study = sweep_storage.load_study(sweep_id, storage=storage)
