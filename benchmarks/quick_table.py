@@ -47,7 +47,8 @@ def main() -> None:
                         help="set one method option by hand, e.g. a sweep's best setting "
                              "read from docs/results.md when its storage is gone")
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
-                        help="bf16 autocast (on: also on CPU; folders get a -bf16 suffix)")
+                        help="bf16 autocast (auto: where bf16 is native, GPUs and CPUs alike; "
+                             "on / off force it, and their folders get a -bf16 / -fp32 suffix)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def main() -> None:
             for method in args.methods:
                 config = make_config("quick", dataset_options={"rho": rho}, method=method,
                                      method_options=options[method], seed=seed, amp=args.amp)
-                suffix = "-bf16" if args.amp == "on" else ""
+                suffix = {"on": "-bf16", "off": "-fp32"}.get(args.amp, "")
                 run_dir = Path(args.out) / f"{method}-rho{rho}-seed{seed}{suffix}"
                 started = time.perf_counter()
                 best = fit(config, run_dir, data_dir=args.data_dir, resume=True, progress=False)
