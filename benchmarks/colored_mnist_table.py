@@ -8,7 +8,8 @@ unbiased test set's bias-conflicting accuracy.
         [--methods vanilla end lff end-pseudo-cluster end-pseudo-predictions] [--out DIR]
 
 ``end-pseudo-L`` is EnD on pseudo bias labels (``--bias-labels pseudo``, labelling ``L``,
-the other pseudo options at their defaults); its rows add the labels' agreement with the
+the other pseudo options at their defaults or as ``--pseudo-option KEY=VALUE`` sets them,
+e.g. ``stage1=gce``); its rows add the labels' agreement with the
 dataset's own bias labels (NMI and matched accuracy, x100). With ``--out`` the runs are
 kept there and reused when the script is run again.
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from endebias.cli.main import parse_assignment
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
@@ -47,7 +49,8 @@ def run_one(
     """The run's best-by-valid record; pseudo-label runs add the labels' agreement."""
     base, _, labelling = method.partition("-pseudo-")
     method_options = {"alpha": args.alpha, "beta": args.beta} if base == "end" else {}
-    pseudo = {"bias_labels": "pseudo", "pseudo_options": {"labelling": labelling}}
+    pseudo = {"bias_labels": "pseudo",
+              "pseudo_options": {"labelling": labelling, **dict(args.pseudo_option)}}
     config = make_config(
         "quick",
         dataset="colored-mnist",
@@ -66,7 +69,8 @@ def run_one(
     # make_config merges dict options into the default ones, which carry Biased MNIST's
     # rho; this benchmark takes sigma2 only, so its options replace them outright.
     config = dataclasses.replace(config, dataset_options={"sigma2": sigma2})
-    run_dir = out / f"{method}-{sigma2}-{seed}"
+    options = "".join(f"-{k}={v}" for k, v in args.pseudo_option) if labelling else ""
+    run_dir = out / f"{method}{options}-{sigma2}-{seed}"
     started = time.perf_counter()
     best = fit_with_bias_labels(config, run_dir, data_dir=args.data_dir, resume=True,
                                 progress=False)
@@ -98,6 +102,9 @@ def main() -> None:
     parser.add_argument("--data-dir", help="data folder (default: $ENDEBIAS_DATA)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["vanilla", "end"])
+    parser.add_argument("--pseudo-option", type=parse_assignment, action="append", default=[],
+                        metavar="KEY=VALUE", help="a pseudo-label option for the end-pseudo-* "
+                        "runs (e.g. stage1=gce; their folders name it)")
     parser.add_argument("--out", help="keep the runs here and reuse them (default: a "
                                       "temporary folder, removed at the end)")
     args = parser.parse_args()
