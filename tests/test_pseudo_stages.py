@@ -16,6 +16,7 @@ import pytest
 from endebias.agreement import label_agreement
 from endebias.cli.main import main
 from endebias.data import build_dataset
+from endebias.report import comparison
 from endebias.training import records
 from endebias.training.bias_labels import PSEUDO_DEFAULTS, check_bias_labels
 from endebias.training.config import TrainConfig, make_config
@@ -266,7 +267,6 @@ def test_cli_rejects_bad_options_in_one_line(tmp_path, capsys, extra, message):
 
 def test_results_by_method_shows_pseudo_label_runs_and_their_agreement(tmp_path):
     """Records written here with known agreement values; the table is JSON-only code."""
-    from endebias.report import comparison
 
     folder = tmp_path / "runs"
     agreements = {("cluster", 1): (0.5, 0.9), ("cluster", 2): (0.7, 0.95),
@@ -302,3 +302,18 @@ def test_results_by_method_shows_pseudo_label_runs_and_their_agreement(tmp_path)
     flat = json.loads(comparison.method_table(comparison.find_runs([folder]), fmt="json"))
     assert [row["pseudo_nmi"] for row in flat] == [None, pytest.approx(60.0),
                                                    pytest.approx(80.0)]
+
+
+def test_pseudo_label_kind_names_every_non_default_option():
+    def kind(**options):
+        return comparison.pseudo_label_kind(
+            {"bias_labels": "pseudo", "pseudo_options": {**PSEUDO_DEFAULTS, **options}})
+
+    assert comparison.pseudo_label_kind({"method": "end"}) == ""
+    assert kind() == "pseudo: cluster k=2"
+    assert kind(labelling="predictions", k=3) == "pseudo: predictions"
+    assert kind(stage1="gce") == "pseudo: cluster k=2, stage1=gce"
+    # q counts only for a GCE stage 1
+    assert kind(q=0.5) == "pseudo: cluster k=2"
+    assert kind(stage1="gce", q=0.5, stage1_epochs=4) == (
+        "pseudo: cluster k=2, stage1=gce, stage1_epochs=4, q=0.5")

@@ -28,7 +28,7 @@ from endebias.report.results import (
     sort_rows,
 )
 from endebias.training import records
-from endebias.training.bias_labels import AGREEMENT, AGREEMENT_KEYS
+from endebias.training.bias_labels import AGREEMENT, AGREEMENT_KEYS, PSEUDO_DEFAULTS
 
 METRICS = (
     ("biased", "biased_test_acc"),
@@ -120,13 +120,20 @@ def arithmetic(best: dict[str, Any]) -> str:
 
 def pseudo_label_kind(config: dict[str, Any]) -> str:
     """``pseudo: cluster k=2`` / ``pseudo: predictions`` for a run trained on pseudo bias
-    labels (--bias-labels pseudo), ``""`` for one on the dataset's own."""
+    labels (--bias-labels pseudo), followed by every other pseudo option that differs from
+    its default (``pseudo: cluster k=2, stage1=gce``) so that runs whose labels were made
+    differently never share a row; ``""`` for a run on the dataset's own labels."""
     if config.get("bias_labels", "given") == "given":
         return ""
     options = config.get("pseudo_options", {})
     labelling = options.get("labelling", "?")
     k = f" k={options.get('k')}" if labelling == "cluster" else ""
-    return f"pseudo: {labelling}{k}"
+    shown = {"labelling", "k"}
+    if options.get("stage1", PSEUDO_DEFAULTS["stage1"]) != "gce":
+        shown.add("q")  # GCE's exponent means nothing to a plain stage 1
+    others = [f"{key}={options[key]}" for key in PSEUDO_DEFAULTS
+              if key not in shown and key in options and options[key] != PSEUDO_DEFAULTS[key]]
+    return f"pseudo: {labelling}{k}" + "".join(f", {text}" for text in others)
 
 
 def _short(value: Any) -> str:
