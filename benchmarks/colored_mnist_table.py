@@ -138,7 +138,8 @@ def main() -> None:
     for sigma2, method, runs in rows:
         keys = COLUMNS + (("pseudo_nmi", "pseudo_matched_acc") if pseudo else ())
         cells = [mean_std(runs, key) if key in runs[0] else "-" for key in keys]
-        print(f"| {sigma2} | {method} | " + " | ".join(cells) + " |")
+        options = "".join(f", {k}={v}" for k, v in args.pseudo_option) if "pseudo" in method else ""
+        print(f"| {sigma2} | {method}{options} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
