@@ -9,9 +9,9 @@ unbiased test set's bias-conflicting accuracy.
 
 ``end-pseudo-L`` is EnD on pseudo bias labels (``--bias-labels pseudo``, labelling ``L``,
 the other pseudo options at their defaults or as ``--pseudo-option KEY=VALUE`` sets them,
-e.g. ``stage1=gce``); its rows add the labels' agreement with the
-dataset's own bias labels (NMI and matched accuracy, x100). With ``--out`` the runs are
-kept there and reused when the script is run again.
+e.g. ``stage1=gce`` or ``'stage1_model_options={kernel_size: 1}'``); its rows add the
+labels' agreement with the dataset's own bias labels (NMI and matched accuracy, x100).
+With ``--out`` the runs are kept there and reused when the script is run again.
 
 The defaults are sized for a few minutes on 2 CPU cores; drop ``--train-subset`` and
 raise ``--epochs`` for the full protocol (a GPU helps).
@@ -69,7 +69,7 @@ def run_one(
     # make_config merges dict options into the default ones, which carry Biased MNIST's
     # rho; this benchmark takes sigma2 only, so its options replace them outright.
     config = dataclasses.replace(config, dataset_options={"sigma2": sigma2})
-    options = "".join(f"-{k}={v}" for k, v in args.pseudo_option) if labelling else ""
+    options = "".join(f"-{k}={folder_text(v)}" for k, v in args.pseudo_option) if labelling else ""
     run_dir = out / f"{method}{options}-{sigma2}-{seed}"
     started = time.perf_counter()
     best = fit_with_bias_labels(config, run_dir, data_dir=args.data_dir, resume=True,
@@ -81,6 +81,13 @@ def run_one(
         best = {**best, "pseudo_nmi": agreement["nmi"],
                 "pseudo_matched_acc": agreement["matched_acc"]}
     return best
+
+
+def folder_text(value: Any) -> str:
+    """An option's value as a folder name may hold it: ``kernel_size=1`` for a mapping."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def mean_std(records_: list[dict[str, Any]], key: str) -> str:
@@ -138,7 +145,8 @@ def main() -> None:
     for sigma2, method, runs in rows:
         keys = COLUMNS + (("pseudo_nmi", "pseudo_matched_acc") if pseudo else ())
         cells = [mean_std(runs, key) if key in runs[0] else "-" for key in keys]
-        options = "".join(f", {k}={v}" for k, v in args.pseudo_option) if "pseudo" in method else ""
+        options = ("".join(f", {k}={folder_text(v)}" for k, v in args.pseudo_option)
+                   if "pseudo" in method else "")
         print(f"| {sigma2} | {method}{options} | " + " | ".join(cells) + " |")
 
 

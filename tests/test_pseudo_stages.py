@@ -30,6 +30,7 @@ from endebias.training.pseudo_labels import (
     write_labels,
 )
 from endebias.training.run_lock import RunInUseError
+from endebias.training.validation import check_config
 
 DATA = {"rho": 0.9, "train_size": 256, "eval_size": 64}
 MODEL = {"channels": [4, 8], "kernel_size": 3}
@@ -50,7 +51,10 @@ def test_three_stages_write_their_records(tmp_path):
     assert seen == [1, 2]
     recorded = records.read_json(tmp_path / records.CONFIG)
     assert recorded["bias_labels"] == "pseudo"
-    assert recorded["pseudo_options"] == {**PSEUDO_DEFAULTS, "stage1_epochs": 2}
+    # every option but stage1_model_options, left out at its default (null)
+    expected = {**PSEUDO_DEFAULTS, "stage1_epochs": 2}
+    del expected["stage1_model_options"]
+    assert recorded["pseudo_options"] == expected
     stage1 = records.read_json(tmp_path / STAGE1 / records.CONFIG)
     assert stage1["method"] == "vanilla" and stage1["epochs"] == 2
     assert (tmp_path / STAGE1 / records.DONE).exists() and (tmp_path / records.DONE).exists()
@@ -86,6 +90,18 @@ def test_stage1_config_keeps_data_and_seed():
     assert (first.model, first.model_options) == ("mlp", {})
     assert first.dataset_options == config.dataset_options and first.seed == config.seed
     assert first.bias_labels == "given"
+
+
+def test_stage1_model_options_are_laid_over_the_stage1_models():
+    same_model = stage1_config(pseudo_config(stage1_model_options={"kernel_size": 1}))
+    assert (same_model.model, same_model.model_options) == (
+        "simple-conv", {**pseudo_config().model_options, "kernel_size": 1})
+    other_model = stage1_config(pseudo_config(stage1_model="mlp",
+                                              stage1_model_options={"hidden": [8]}))
+    assert (other_model.model, other_model.model_options) == ("mlp", {"hidden": [8]})
+    # a sweep refuses a stage-1 option the stage-1 model lacks, before any trial runs
+    with pytest.raises(ValueError, match="model 'simple-conv' has no option 'width'"):
+        check_config(pseudo_config(stage1_model_options={"width": 3}))
 
 
 @pytest.mark.parametrize("labelling", ["predictions", "cluster"])
@@ -215,6 +231,7 @@ def test_labels_file_round_trip(tmp_path):
         ("pseudo", {"q": 0}, r"q must be in \(0, 1\]"),
         ("pseudo", {"q": True}, r"q must be in \(0, 1\]"),
         ("pseudo", {"layer": ""}, "layer must be a name or null"),
+        ("pseudo", {"stage1_model_options": 1}, "stage1_model_options must be a mapping"),
     ],
 )
 def test_option_validation(bias_labels, options, message):
@@ -232,6 +249,12 @@ def test_valid_options_are_completed_and_given_configs_are_unchanged():
     assert "bias_labels" not in given and "pseudo_options" not in given
     pseudo = TrainConfig(bias_labels="pseudo")
     assert TrainConfig.from_dict(pseudo.to_dict()) == pseudo
+    # ... and so do pseudo-label runs made before stage1_model_options existed.
+    assert "stage1_model_options" not in pseudo.to_dict()["pseudo_options"]
+    laid_over = TrainConfig(bias_labels="pseudo",
+                            pseudo_options={"stage1_model_options": {"kernel_size": 1}})
+    assert laid_over.to_dict()["pseudo_options"]["stage1_model_options"] == {"kernel_size": 1}
+    assert TrainConfig.from_dict(laid_over.to_dict()) == laid_over
 
 
 def test_cli_trains_with_pseudo_labels(tmp_path, capsys):
@@ -317,3 +340,5 @@ def test_pseudo_label_kind_names_every_non_default_option():
     assert kind(q=0.5) == "pseudo: cluster k=2"
     assert kind(stage1="gce", q=0.5, stage1_epochs=4) == (
         "pseudo: cluster k=2, stage1=gce, stage1_epochs=4, q=0.5")
+    assert kind(stage1_model_options={"kernel_size": 1, "channels": [8]}) == (
+        "pseudo: cluster k=2, stage1_model_options={kernel_size: 1, channels: [8]}")

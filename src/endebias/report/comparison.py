@@ -118,6 +118,13 @@ def arithmetic(best: dict[str, Any]) -> str:
     return "bf16" if "amp" in str(best.get("fast_path", "")).split(", ") else ""
 
 
+def _option_text(value: Any) -> str:
+    """``{kernel_size: 1}`` for a mapping (as it is typed on the command line)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def pseudo_label_kind(config: dict[str, Any]) -> str:
     """``pseudo: cluster k=2`` / ``pseudo: predictions`` for a run trained on pseudo bias
     labels (--bias-labels pseudo), followed by every other pseudo option that differs from
@@ -131,7 +138,7 @@ def pseudo_label_kind(config: dict[str, Any]) -> str:
     shown = {"labelling", "k"}
     if options.get("stage1", PSEUDO_DEFAULTS["stage1"]) != "gce":
         shown.add("q")  # GCE's exponent means nothing to a plain stage 1
-    others = [f"{key}={options[key]}" for key in PSEUDO_DEFAULTS
+    others = [f"{key}={_option_text(options[key])}" for key in PSEUDO_DEFAULTS
               if key not in shown and key in options and options[key] != PSEUDO_DEFAULTS[key]]
     return f"pseudo: {labelling}{k}" + "".join(f", {text}" for text in others)
 

@@ -25,6 +25,10 @@ PSEUDO_DEFAULTS: dict[str, Any] = {
     "stage1": "vanilla",  # vanilla | gce: the bias-capturing model's loss
     "stage1_epochs": 2,
     "stage1_model": None,  # None: the main run's model and model options
+    # A mapping of model options laid over the stage-1 model's (the main run's options
+    # when it is the main run's model): e.g. {kernel_size: 1}, a SimpleConvNet that sees
+    # one pixel at a time and so can read colour but not shape.
+    "stage1_model_options": None,
     "q": 0.7,  # GCE's exponent (stage1=gce), LfF's default
     "labelling": "cluster",  # cluster | predictions
     "k": 2,  # clusters per target class, or "auto" (best silhouette of k in 2..5)
@@ -74,6 +78,12 @@ def check_bias_labels(bias_labels: str, pseudo_options: dict[str, Any]) -> dict[
     q = options["q"]
     if isinstance(q, bool) or not isinstance(q, int | float) or not 0 < q <= 1:
         raise ValueError(f"pseudo option q must be in (0, 1], got {q!r}")
+    extra = options["stage1_model_options"]
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(
+            f"pseudo option stage1_model_options must be a mapping such as "
+            f"{{kernel_size: 1}}, got {extra!r}"
+        )
     for name in ("stage1_model", "layer"):
         if options[name] is not None and (not isinstance(options[name], str) or not options[name]):
             raise ValueError(f"pseudo option {name} must be a name or null, got {options[name]!r}")
@@ -99,7 +109,7 @@ def add_bias_label_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="with --bias-labels pseudo, one of (default in brackets): "
         + ", ".join(f"{key} [{value}]" for key, value in PSEUDO_DEFAULTS.items())
-        + "; e.g. labelling=predictions",
+        + "; e.g. labelling=predictions, 'stage1_model_options={kernel_size: 1}'",
     )
 
 

@@ -98,6 +98,10 @@ class TrainConfig:
             # Left out at their defaults, so runs (and config hashes) from before these
             # fields existed still match their config.json.
             del values["bias_labels"], values["pseudo_options"]
+        elif values["pseudo_options"].get("stage1_model_options") is None:
+            # Left out at its default too: pseudo-label runs from before the option
+            # existed still match their config.json on --resume.
+            del values["pseudo_options"]["stage1_model_options"]
         return values
 
     @classmethod

@@ -49,7 +49,7 @@ LABELS = "pseudo_labels.npz"
 
 def stage1_config(config: TrainConfig) -> TrainConfig:
     """The bias-capturing run: the main run's data, seed, optimiser and device, with the
-    stage-1 loss, epochs and (optionally) model."""
+    stage-1 loss, epochs and (optionally) model and model options."""
     options = config.pseudo_options
     values = config.to_dict()
     values.pop("bias_labels", None)
@@ -58,8 +58,10 @@ def stage1_config(config: TrainConfig) -> TrainConfig:
     values["method_options"] = {"gce_q": options["q"]} if options["stage1"] == "gce" else {}
     values["epochs"] = options["stage1_epochs"]
     values["save_features"] = 0
-    if options["stage1_model"] is not None and options["stage1_model"] != config.model:
-        values["model"], values["model_options"] = options["stage1_model"], {}
+    model = options["stage1_model"] or config.model
+    base = config.model_options if model == config.model else {}
+    values["model"] = model
+    values["model_options"] = {**base, **(options.get("stage1_model_options") or {})}
     return TrainConfig.from_dict(values)
 
 
