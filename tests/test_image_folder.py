@@ -102,3 +102,12 @@ def test_trains_resnet18_with_end(tmp_path):
                          device="cpu")
     best = fit(config, tmp_path / "run", progress=False)
     assert {"valid_acc", "biased_test_acc", "unbiased_test_acc"} <= set(best)
+
+
+def test_a_csv_without_bias_column_has_no_bias_labels(tmp_path):
+    write_folder(tmp_path, split_column=True)
+    bench = _build(tmp_path, split="part", bias=None)
+    assert not bench.has_bias_labels and bench.num_biases == 1
+    assert list(bench.evaluations) == ["valid", "biased_test"]  # nothing to balance
+    assert int(bench.train.biases.abs().sum()) == 0
+    assert _build(tmp_path, split="part").has_bias_labels

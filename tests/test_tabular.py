@@ -187,3 +187,76 @@ def test_trains_through_the_unchanged_trainer(tmp_path):
     for key in ("valid_acc", "unbiased_test_acc", "unbiased_test_bias0_acc",
                 "unbiased_test_bias1_acc", "biased_test_acc_worst_group"):
         assert 0.0 <= best[key] <= 1.0
+
+
+def test_a_table_without_bias_column_has_targets_only(tmp_path):
+    path = _write(tmp_path / "t.csv", n=200)
+    bench = build_dataset("tabular", path=str(path), target="type", features=["x1", "age"],
+                          seed=3)
+    assert not bench.has_bias_labels and bench.num_biases == 1 and bench.bias_names == ["all"]
+    assert list(bench.evaluations) == ["valid", "biased_test"]
+    splits = [bench.train, *bench.evaluations.values()]
+    assert sum(len(s) for s in splits) == 200  # nothing cut: no group to balance
+    assert all(int(s.biases.abs().sum()) == 0 for s in splits)
+    train = bench.train.inputs.double()
+    assert torch.allclose(train.mean(0), torch.zeros(2, dtype=torch.double), atol=1e-5)
+    # The same rows as the table with its bias column in the plain setting.
+    with_bias = _build(path, seed=3, bias_binning="median")
+    assert torch.equal(with_bias.train.targets, bench.train.targets)
+    with pytest.raises(ValueError, match="setting='imbalance' needs a bias column"):
+        build_dataset("tabular", path=str(path), target="type", setting="imbalance")
+    with pytest.raises(ValueError, match="needs the options path=<csv file>, target=<column>"):
+        build_dataset("tabular", path=str(path))
+
+
+def _no_bias_config(path: Path, method: str, **fields):
+    from endebias.training.config import TrainConfig
+
+    options = {"path": str(path), "target": "type", "features": ["x1", "age"]}
+    return TrainConfig(dataset="tabular", dataset_options=options, model="mlp",
+                       model_options={"hidden": [16, 8]}, method=method, epochs=2,
+                       batch_size=32, device="cpu", **fields)
+
+
+def test_without_bias_labels_end_needs_pseudo_ones(tmp_path, capsys):
+    from endebias.cli.main import main
+    from endebias.report.comparison import find_runs, method_table
+    from endebias.training import records
+    from endebias.training.bias_labels import AGREEMENT
+    from endebias.training.fit import fit
+    from endebias.training.pseudo_labels import LABELS, fit_with_bias_labels, read_labels
+
+    path = _write(tmp_path / "t.csv", n=300)
+    # Vanilla reads no bias labels: it trains as on any table.
+    assert 0 <= fit(_no_bias_config(path, "vanilla"), tmp_path / "vanilla",
+                    progress=False)["biased_test_acc"] <= 1
+    # EnD on the (missing) given labels: one line saying what to do, no run folder.
+    with pytest.raises(ValueError, match="no bias labels .* --bias-labels pseudo"):
+        fit(_no_bias_config(path, "end"), tmp_path / "given", progress=False)
+    assert not (tmp_path / "given").exists()
+    argv = ["train", "--dataset", "tabular", "--model", "mlp", "--method", "end",
+            "--epochs", "1", "--no-progress", "--out", str(tmp_path / "cli"),
+            "--dataset-option", f"path={path}", "--dataset-option", "target=type",
+            "--dataset-option", "features=[x1, age]"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("endebias: error: dataset 'tabular' has no bias labels")
+    assert "\n" not in err and "Traceback" not in err and not (tmp_path / "cli").exists()
+    # On pseudo labels EnD trains; there is nothing to score the labels against.
+    run = tmp_path / "pseudo"
+    config = _no_bias_config(path, "end", bias_labels="pseudo",
+                             pseudo_options={"stage1_epochs": 2})
+    best = fit_with_bias_labels(config, run, progress=False)
+    assert 0 <= best["biased_test_acc"] <= 1 and "unbiased_test_acc" not in best
+    labels = read_labels(run / LABELS)
+    assert labels is not None and len(labels) == len(read_train_targets(config))
+    agreement = records.read_json(run / AGREEMENT)
+    assert agreement == {"num_pseudo_labels": len(np.unique(labels)), "labelling": "cluster"}
+    table = method_table(find_runs([run]))
+    assert "[pseudo: cluster k=2]" in table and "| - | - |" in table
+
+
+def read_train_targets(config):
+    from endebias.training.fit import load_benchmark
+
+    return load_benchmark(config, data_dir=None, device="cpu").train.targets

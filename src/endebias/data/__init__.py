@@ -71,6 +71,10 @@ class Benchmark:
     # bias value most frequent in training (right for Biased MNIST; CelebA sets its own).
     aligned: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # False for a dataset given without bias labels (a table or image folder with no bias
+    # column): every bias label is then 0, there is no unbiased test set, and a method that
+    # reads bias labels needs them made first (``--bias-labels pseudo``).
+    has_bias_labels: bool = True
 
     def __post_init__(self) -> None:
         if "valid" not in self.evaluations:

@@ -14,7 +14,9 @@ benchmark's ``target_names`` / ``bias_names``.
 
 Evaluations: ``valid``, the validation rows as they are (model selection); ``biased_test``,
 the test rows as they are; ``unbiased_test``, the test rows cut, per (target, bias) group
-present, to the size of the smallest such group (seeded, as CelebA does).
+present, to the size of the smallest such group (seeded, as CelebA does). Without
+``bias`` (a CSV with no bias column) there is no ``unbiased_test``, every bias label is 0,
+and a method that reads bias labels is trained on pseudo ones (``--bias-labels pseudo``).
 
 Images are decoded as CelebA's are (centre square, resized to ``image_size``, uint8,
 threaded, cached on disk under ``cache_dir``, default ``<root>/endebias-cache``) and
@@ -120,9 +122,9 @@ def build_image_folder(
     ``root`` defaults to the data folder; ``workers`` to the CPU count."""
     if unknown:
         raise ValueError(f"image-folder: unknown option(s) {', '.join(sorted(unknown))}")
-    if csv is None or target is None or bias is None:
-        raise ValueError("image-folder needs the options csv=<file>, target=<column>, "
-                         "bias=<column>")
+    if csv is None or target is None:
+        raise ValueError("image-folder needs the options csv=<file>, target=<column> (and "
+                         "bias=<column> where the table has one)")
     if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) \
             or max_image_pixels < 1:
         raise ValueError(f"image-folder: max_image_pixels must be a positive integer, "
@@ -133,7 +135,10 @@ def build_image_folder(
     table = read_table(_csv_path(csv, folder))
     paths = table.column(PATH_COLUMN, "path")
     targets, target_names = table.categories(target, "target")
-    biases, bias_names = table.categories(bias, "bias")
+    if bias is None:  # no bias labels: one group; EnD needs --bias-labels pseudo
+        biases, bias_names = np.zeros(len(table), dtype=np.int64), ["all"]
+    else:
+        biases, bias_names = table.categories(bias, "bias")
     if len(target_names) < 2:
         raise TableError(f"{table.path}: target column {target!r} has a single value "
                          f"{target_names[0]!r}; a classifier needs two or more")
@@ -180,19 +185,20 @@ def build_image_folder(
         made = Split(inputs, torch.from_numpy(targets[chosen]), torch.from_numpy(biases[chosen]))
         return made.to(device) if device is not None else made
 
-    groups = targets * len(bias_names) + biases
     test_images = images("test", rows["test"])
-    cut = balanced(rows["test"], groups, generator("test"))
-    position = {row: i for i, row in enumerate(rows["test"])}
-    local = torch.tensor([position[r] for r in cut], dtype=torch.long)
-    if len(np.unique(groups[rows["test"]])) < len(target_names) * len(bias_names):
-        logger.warning("image-folder: the test split lacks some (target, bias) groups; "
-                       "unbiased_test balances the groups it has")
     evaluations = {
         "valid": make_split(images("valid", rows["valid"]), rows["valid"]),
         "biased_test": make_split(test_images, rows["test"]),
-        "unbiased_test": make_split(test_images[local], cut),
     }
+    if bias is not None:
+        groups = targets * len(bias_names) + biases
+        cut = balanced(rows["test"], groups, generator("test"))
+        position = {row: i for i, row in enumerate(rows["test"])}
+        local = torch.tensor([position[r] for r in cut], dtype=torch.long)
+        if len(np.unique(groups[rows["test"]])) < len(target_names) * len(bias_names):
+            logger.warning("image-folder: the test split lacks some (target, bias) groups; "
+                           "unbiased_test balances the groups it has")
+        evaluations["unbiased_test"] = make_split(test_images[local], cut)
     train = make_split(images("train", rows["train"]), rows["train"])
     logger.info("image-folder: %s", split_sizes(train, evaluations))
     return Benchmark(
@@ -207,6 +213,7 @@ def build_image_folder(
         bias_names=bias_names,
         info={"csv": str(table.path), "folder": str(folder), "target": target, "bias": bias,
               "split": split, "image_size": image_size, "seed": seed},
+        has_bias_labels=bias is not None,
     )
 
 

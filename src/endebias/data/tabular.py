@@ -26,6 +26,11 @@ Evaluations: ``valid``; ``biased_test``, test-pool rows as in training (natural 
 ``none``/``imbalance``, the training side in ``association``); ``unbiased_test`` (balanced,
 or the other side); and ``unbiased_test_bias<k>``, the unbiased test's bias group k alone,
 whose accuracies give the per-group accuracies and their gap.
+
+Without ``bias`` (a table that has no bias column): setting ``none`` only, evaluations
+``valid`` and ``biased_test`` (the test pool as it comes; nothing can be balanced), every
+bias label 0, and the benchmark marked as having no bias labels, so that a method that
+reads them is trained on pseudo ones (``--bias-labels pseudo``).
 """
 
 from __future__ import annotations
@@ -152,20 +157,74 @@ def _choose_rows(
 
 
 def _features(
-    table: Table, names: list[str] | None, target: str, bias: str
+    table: Table, names: list[str] | None, target: str, bias: str | None
 ) -> tuple[list[str], np.ndarray]:
+    """The feature columns (by default every column but the target, and but a categorical
+    bias column) and their values."""
     if names is None:
         names = [c for c in table.columns if c != target]
-        try:
-            table.numeric(bias, "bias")
-        except TableError:
-            names.remove(bias)  # a categorical bias column cannot be standardised
-            logger.info("tabular: bias column %r is not numeric and is not a feature", bias)
+        if bias is not None:
+            try:
+                table.numeric(bias, "bias")
+            except TableError:
+                names.remove(bias)  # a categorical bias column cannot be standardised
+                logger.info("tabular: bias column %r is not numeric and is not a feature", bias)
+        if not names:
+            raise ValueError(f"{table.path}: no feature column besides the target {target!r}")
     elif isinstance(names, str) or not names:
         raise ValueError(f"features must be a non-empty list of column names, got {names!r}")
     if target in names:
         raise ValueError(f"the target column {target!r} cannot be a feature")
     return list(names), np.stack([table.numeric(n, "feature") for n in names], axis=1)
+
+
+def _standardise(
+    values: np.ndarray, train: np.ndarray
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Features standardised with the training rows' mean and std."""
+    mean = values[train].mean(axis=0)
+    std = values[train].std(axis=0)
+    std[std == 0] = 1.0  # a constant feature stays constant (zero) rather than NaN
+    return torch.from_numpy((values - mean) / std).float(), mean, std
+
+
+def _without_bias(
+    table: Table, csv_path: Path, target: str, features: list[str] | None,
+    valid_fraction: float, test_fraction: float, seed: int, device: torch.device | str | None,
+) -> Benchmark:
+    """A table with no bias column: targets only. Every bias label is 0, the evaluations are
+    ``valid`` and ``biased_test`` (the test pool as it comes) and the benchmark says it has
+    no bias labels, so that EnD is trained on pseudo ones (``--bias-labels pseudo``)."""
+    table.column(target, "target")
+    feature_names, values = _features(table, features, target, bias=None)
+    generator = torch.Generator().manual_seed(seed)
+    train_rows, valid_rows, test_rows = _pools(len(table), valid_fraction, test_fraction,
+                                               generator)
+    targets, target_names = table.categories(target, "target")
+    if len(np.unique(targets[train_rows])) < 2:
+        raise ValueError(f"{csv_path}: target column {target!r} has one class only in training")
+    standardised, mean, std = _standardise(values, train_rows)
+    target_tensor = torch.from_numpy(targets)
+
+    def split(chosen: np.ndarray) -> Split:
+        index = torch.from_numpy(chosen)
+        made = Split(standardised[index], target_tensor[index], torch.zeros(len(chosen),
+                                                                             dtype=torch.long))
+        return made.to(device) if device is not None else made
+
+    train = split(train_rows)
+    evaluations = {"valid": split(valid_rows), "biased_test": split(test_rows)}
+    logger.info("tabular %s (no bias column): %s", csv_path.name,
+                split_sizes(train, evaluations))
+    return Benchmark(
+        name="tabular", train=train, evaluations=evaluations,
+        num_targets=len(target_names), num_biases=1, input_shape=(len(feature_names),),
+        prepare=_identity, target_names=target_names, bias_names=["all"],
+        info={"path": str(csv_path), "target": target, "bias": None, "setting": "none",
+              "features": feature_names, "seed": seed, "feature_mean": mean.tolist(),
+              "feature_std": std.tolist()},
+        has_bias_labels=False,
+    )
 
 
 @register_dataset("tabular")
@@ -196,16 +255,22 @@ def build_tabular(
     if not isinstance(target, str | None) or not isinstance(bias, str | None):
         raise ValueError(f"tabular: target and bias must be column names, got {target!r}, "
                          f"{bias!r}")
-    if path is None or target is None or bias is None:
+    if path is None or target is None:
         raise ValueError(
-            "tabular needs the options path=<csv file>, target=<column>, bias=<column>"
+            "tabular needs the options path=<csv file>, target=<column> (and bias=<column> "
+            "where the table has one)"
         )
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    if bias is None and setting != "none":
+        raise ValueError(f"tabular: setting={setting!r} needs a bias column (bias=<column>)")
     csv_path = Path(path).expanduser()
     if not csv_path.is_file() and data_dir is not None and not csv_path.is_absolute():
         csv_path = Path(data_dir).expanduser() / csv_path
     table = read_table(csv_path)
+    if bias is None:
+        return _without_bias(table, csv_path, target, features, valid_fraction, test_fraction,
+                             seed, device)
     # The two named columns first: a misspelling is named, with the columns listed.
     table.column(target, "target")
     table.column(bias, "bias")
@@ -241,10 +306,7 @@ def build_tabular(
     if len(np.unique(targets[rows["train"]])) < 2:
         raise ValueError(f"{csv_path}: target column {target!r} has one class only in training")
 
-    mean = values[rows["train"]].mean(axis=0)
-    std = values[rows["train"]].std(axis=0)
-    std[std == 0] = 1.0  # a constant feature stays constant (zero) rather than NaN
-    standardised = torch.from_numpy((values - mean) / std).float()
+    standardised, mean, std = _standardise(values, rows["train"])
     target_tensor, bias_tensor = torch.from_numpy(targets), torch.from_numpy(biases)
 
     def split(chosen: np.ndarray) -> Split:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from endebias.data import Benchmark, Split, default_model
-from endebias.methods import Method, build_method
+from endebias.methods import Method, build_method, method_class
 from endebias.metrics import aligned_groups, group_counts
 from endebias.models import build_model
 from endebias.training import distributed
@@ -46,6 +46,12 @@ class PreparedRun:
 def build_run_method(config: TrainConfig, benchmark: Benchmark) -> Method:
     """The config's model wrapped in its method, with the weights the run starts from (the
     config's seed): what a solo run, a packed member and stage 2 of pseudo labels share."""
+    if not benchmark.has_bias_labels and method_class(config.method).uses_bias_labels:
+        raise ValueError(
+            f"dataset {config.dataset!r} has no bias labels (no bias column named) and method "
+            f"{config.method!r} reads them: train with --bias-labels pseudo, or name the bias "
+            "column with --dataset-option bias=COLUMN"
+        )
     torch.manual_seed(config.seed)
     model = build_model(
         config.model,

@@ -141,6 +141,7 @@ def use_labels(benchmark: Benchmark, labels: np.ndarray) -> None:
     aligned[:, : benchmark.aligned.shape[1]] = benchmark.aligned.cpu()
     benchmark.aligned = aligned
     benchmark.num_biases = width
+    benchmark.has_bias_labels = True  # the pseudo labels are the training bias labels now
     device = train.targets.device
     benchmark.train = Split(train.inputs, train.targets, torch.from_numpy(labels).to(device))
 
@@ -209,14 +210,21 @@ def _stages_1_and_2(
         return labels
     log.info("stage 2: %s pseudo bias labels", config.pseudo_options["labelling"])
     labels, benchmark = derive_labels(config, stage1_dir, data_dir=data_dir)
-    agreement = label_agreement(labels, benchmark.train.biases.cpu().numpy())
+    if benchmark.has_bias_labels:
+        agreement = label_agreement(labels, benchmark.train.biases.cpu().numpy())
+    else:  # nothing to compare with: the file keeps what the labels are
+        agreement = {"num_pseudo_labels": len(np.unique(labels))}
     agreement["labelling"] = config.pseudo_options["labelling"]
     if main:
         lock.check()
         # The labels file last: it is what marks stage 2 as done.
         records.atomic_write_json(run_dir / AGREEMENT, agreement)
         write_labels(labels_path, labels)
-    log.info("pseudo labels: %d values; agreement with the true bias labels: "
-             "NMI %.3f, matched accuracy %.4f", agreement["num_pseudo_labels"],
-             agreement["nmi"], agreement["matched_acc"])
+    if benchmark.has_bias_labels:
+        log.info("pseudo labels: %d values; agreement with the true bias labels: "
+                 "NMI %.3f, matched accuracy %.4f", agreement["num_pseudo_labels"],
+                 agreement["nmi"], agreement["matched_acc"])
+    else:
+        log.info("pseudo labels: %d values (the dataset has no bias labels to compare them "
+                 "with)", agreement["num_pseudo_labels"])
     return labels
