@@ -342,3 +342,31 @@ def test_pseudo_label_kind_names_every_non_default_option():
         "pseudo: cluster k=2, stage1=gce, stage1_epochs=4, q=0.5")
     assert kind(stage1_model_options={"kernel_size": 1, "channels": [8]}) == (
         "pseudo: cluster k=2, stage1_model_options={kernel_size: 1, channels: [8]}")
+
+
+def test_a_sweep_trial_on_pseudo_labels_makes_them(tmp_path):
+    """A sweep file may set bias_labels: pseudo; its trials run the three stages (fit
+    hands a pseudo-label config to them) instead of training on the given labels."""
+    from tiny_sweep import tiny_sweep_spec, write_sweep_file
+
+    spec = tiny_sweep_spec(run_cap=1, epochs=1, method="random", train_size=128,
+                           eval_size=64, bias_labels={"value": "pseudo"},
+                           pseudo_options={"value": {"stage1_epochs": 1}})
+    sweep_file = write_sweep_file(tmp_path / "pseudo.yaml", spec)
+    storage, runs = f"sqlite:///{tmp_path}/sweeps.db", tmp_path / "runs"
+    assert main(["sweep", "create", str(sweep_file), "--storage", storage, "--id", "ps"]) == 0
+    assert main(["sweep", "agent", "ps", "--storage", storage, "--runs", str(runs)]) == 0
+    [run_dir] = [p for p in (runs / "ps").iterdir() if p.is_dir()]
+    recorded = records.read_json(run_dir / records.CONFIG)
+    assert recorded["bias_labels"] == "pseudo"
+    assert recorded["pseudo_options"]["stage1_epochs"] == 1
+    assert (run_dir / STAGE1 / records.DONE).exists() and (run_dir / records.DONE).exists()
+    assert read_labels(run_dir / LABELS) is not None
+    assert "nmi" in records.read_json(run_dir / AGREEMENT)
+
+
+def test_fit_with_a_callers_lock_refuses_a_pseudo_label_config(tmp_path):
+    from endebias.training.fit import fit
+
+    with pytest.raises(ValueError, match="takes its own lock"):
+        fit(pseudo_config(), tmp_path, lock=object(), progress=False)

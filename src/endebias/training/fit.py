@@ -222,6 +222,15 @@ def fit(
     global batch, records and checkpoints written (and the folder locked) by rank 0 only,
     ``on_epoch`` and ``echo`` called on rank 0 only.
     """
+    if config.bias_labels != "given" and prepare_benchmark is None:
+        # A pseudo-label config from any caller (a sweep trial, the Python API) makes its
+        # labels first: trained on the dataset's own, it would record what it did not do.
+        from endebias.training.pseudo_labels import fit_with_bias_labels
+
+        if lock is not None:
+            raise ValueError("fit: a pseudo-label run takes its own lock on its folder")
+        return fit_with_bias_labels(config, run_dir, data_dir=data_dir, resume=resume,
+                                    progress=progress, on_epoch=on_epoch, echo=echo)
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
     context, _ = distributed.setup(device.type)
