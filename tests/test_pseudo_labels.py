@@ -160,4 +160,4 @@ def test_pseudo_bias_labels_validation():
     with pytest.raises(ValueError, match="one target per input"):
         pseudo_bias_labels(BiasReader(), features, targets[:-1])
     with pytest.raises(ValueError, match="feature_layer"):
-        pseudo_bias_labels(nn.Linear(3, 3), features, targets)
+        pseudo_bias_labels(nn.Linear(3, 3), features, targets, labelling="cluster")

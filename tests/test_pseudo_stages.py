@@ -333,15 +333,17 @@ def test_pseudo_label_kind_names_every_non_default_option():
             {"bias_labels": "pseudo", "pseudo_options": {**PSEUDO_DEFAULTS, **options}})
 
     assert comparison.pseudo_label_kind({"method": "end"}) == ""
-    assert kind() == "pseudo: cluster k=2"
-    assert kind(labelling="predictions", k=3) == "pseudo: predictions"
-    assert kind(stage1="gce") == "pseudo: cluster k=2, stage1=gce"
+    assert kind() == "pseudo: predictions"
+    assert kind(labelling="cluster") == "pseudo: cluster k=2"
+    assert kind(labelling="cluster", k=3) == "pseudo: cluster k=3"
+    assert kind(k=3) == "pseudo: predictions"  # k counts for clusters only
+    assert kind(labelling="cluster", stage1="gce") == "pseudo: cluster k=2, stage1=gce"
     # q counts only for a GCE stage 1
-    assert kind(q=0.5) == "pseudo: cluster k=2"
+    assert kind(q=0.5) == "pseudo: predictions"
     assert kind(stage1="gce", q=0.5, stage1_epochs=4) == (
-        "pseudo: cluster k=2, stage1=gce, stage1_epochs=4, q=0.5")
+        "pseudo: predictions, stage1=gce, stage1_epochs=4, q=0.5")
     assert kind(stage1_model_options={"kernel_size": 1, "channels": [8]}) == (
-        "pseudo: cluster k=2, stage1_model_options={kernel_size: 1, channels: [8]}")
+        "pseudo: predictions, stage1_model_options={kernel_size: 1, channels: [8]}")
 
 
 def test_a_sweep_trial_on_pseudo_labels_makes_them(tmp_path):

@@ -251,9 +251,9 @@ def test_without_bias_labels_end_needs_pseudo_ones(tmp_path, capsys):
     labels = read_labels(run / LABELS)
     assert labels is not None and len(labels) == len(read_train_targets(config))
     agreement = records.read_json(run / AGREEMENT)
-    assert agreement == {"num_pseudo_labels": len(np.unique(labels)), "labelling": "cluster"}
+    assert agreement == {"num_pseudo_labels": len(np.unique(labels)), "labelling": "predictions"}
     table = method_table(find_runs([run]))
-    assert "[pseudo: cluster k=2]" in table and "| - | - |" in table
+    assert "[pseudo: predictions]" in table and "| - | - |" in table
 
 
 def read_train_targets(config):

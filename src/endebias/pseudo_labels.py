@@ -180,7 +180,7 @@ def pseudo_bias_labels(
     inputs: Tensor,
     targets: Tensor,
     *,
-    labelling: str = "cluster",
+    labelling: str = "predictions",
     k: int | str = 2,
     layer: str | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
