@@ -254,6 +254,13 @@ def test_without_bias_labels_end_needs_pseudo_ones(tmp_path, capsys):
     assert agreement == {"num_pseudo_labels": len(np.unique(labels)), "labelling": "predictions"}
     table = method_table(find_runs([run]))
     assert "[pseudo: predictions]" in table and "| - | - |" in table
+    # no headline of unbiased accuracies when no run has one
+    assert table.startswith("| dataset | method |") and "Unbiased test accuracy" not in table
+    # `results RUN` on the pseudo-label run: its own row, not its stage 1's
+    from endebias.report.results import rows_from_runs
+
+    [row] = rows_from_runs(run)
+    assert row.id == "pseudo" and row.biased_test_acc == best["biased_test_acc"]
 
 
 def read_train_targets(config):

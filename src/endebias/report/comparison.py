@@ -296,6 +296,9 @@ def method_table(runs: list[Run], *, fmt: str = "markdown") -> str:
         return buffer.getvalue()
     if fmt != "markdown":
         raise ValueError(f"unknown format {fmt!r} for a method table; known: markdown, csv, json")
+    if all(cell.stat("unbiased_test_acc") is None for cell in cells):
+        # Datasets without bias labels have no unbiased test: the table below says the rest.
+        return _long(cells, unfinished)
     return _pivot(cells) + "\n" + _long(cells, unfinished)
 
 
@@ -345,7 +348,8 @@ def _long(cells: list[Cell], unfinished: int) -> str:
         paper = _paper(cell)
         digits = PAPER_DIGITS.get(f"{PAPER_NAMES.get(cell.method)} (paper)", 2)
         values = [_pm(cell.stat(key)) for _, key in METRICS]
-        values.append("-" if seconds is None else f"{seconds[0]:.0f}")
+        values.append("-" if seconds is None else
+                      f"{seconds[0]:.0f}" if seconds[0] >= 10 else f"{seconds[0]:.2g}")
         values += [_pm(paper, digits)] if with_paper else []
         values += [_pm(cell.agreement(key)) for key in AGREEMENT_KEYS] if with_pseudo else []
         seeds = " ".join(map(str, cell.seeds))

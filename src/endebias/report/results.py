@@ -179,10 +179,15 @@ def rows_from_study(study: Any) -> list[Row]:
 
 
 def rows_from_runs(folder: str | Path) -> list[Row]:
-    """Rows from run folders (``runs/<sweep id>/*``), for when the database is not at hand.
-    Damaged runs are skipped with a warning naming the file (see :func:`load_runs`)."""
+    """Rows from run folders (``runs/<sweep id>/*``), for when the database is not at hand;
+    a folder that is itself a run gives its own row (not those of runs inside it, such as
+    a pseudo-label run's stage 1). Damaged runs are skipped with a warning naming the file
+    (see :func:`load_runs`)."""
     rows = []
-    folders = sorted(p for p in Path(folder).iterdir() if (p / records.CONFIG).exists())
+    if (Path(folder) / records.CONFIG).exists():
+        folders = [Path(folder)]
+    else:
+        folders = sorted(p for p in Path(folder).iterdir() if (p / records.CONFIG).exists())
     for run in load_runs(folders):
         if run.best is None:
             continue
