@@ -1,7 +1,8 @@
 """EnD with pseudo bias labels beside EnD with the true ones (quick preset, Biased MNIST).
 
     python benchmarks/pseudo_table.py --data-dir ../shared/data/mnist --threads 1 \
-        [--rhos 0.997] [--seeds 1] [--labellings cluster predictions] [--out runs/pseudo-table]
+        [--rhos 0.997] [--seeds 1] [--labellings cluster predictions] [--amp off]
+        [--out runs/pseudo-table]
 
 Each run is ``endebias train --bias-labels pseudo --pseudo-option labelling=L`` with EnD at
 the quick preset's weights, in ``OUT/end-pseudo-L-rho<rho>-seed<seed>/`` (resumed and
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("--labellings", nargs="+", choices=["cluster", "predictions"],
                         default=["cluster", "predictions"])
     parser.add_argument("--threads", type=int, help="torch threads (1 when running two at once)")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                        help="bf16 autocast, as benchmarks/quick_table.py takes it (on / off "
+                             "put a -bf16 / -fp32 suffix on the folders)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -41,9 +45,10 @@ def main() -> None:
         for rho in args.rhos:
             for labelling in args.labellings:
                 config = make_config("quick", dataset_options={"rho": rho}, method="end",
-                                     seed=seed, bias_labels="pseudo",
+                                     seed=seed, bias_labels="pseudo", amp=args.amp,
                                      pseudo_options={"labelling": labelling})
-                run_dir = Path(args.out) / f"end-pseudo-{labelling}-rho{rho}-seed{seed}"
+                suffix = {"on": "-bf16", "off": "-fp32"}.get(args.amp, "")
+                run_dir = Path(args.out) / f"end-pseudo-{labelling}-rho{rho}-seed{seed}{suffix}"
                 started = time.perf_counter()
                 best = fit_with_bias_labels(config, run_dir, data_dir=args.data_dir,
                                             resume=True, progress=False)
