@@ -346,25 +346,62 @@ def test_pseudo_label_kind_names_every_non_default_option():
         "pseudo: predictions, stage1_model_options={kernel_size: 1, channels: [8]}")
 
 
-def test_a_sweep_trial_on_pseudo_labels_makes_them(tmp_path):
-    """A sweep file may set bias_labels: pseudo; its trials run the three stages (fit
-    hands a pseudo-label config to them) instead of training on the given labels."""
+def test_sweep_trials_on_pseudo_labels_make_them_from_one_shared_stage1(tmp_path):
+    """A sweep file may set bias_labels: pseudo; its trials run the three stages instead of
+    training on the given labels, and trials that differ only in EnD's weights share one
+    stage 1 (a hidden folder beside them, which results do not list as a trial)."""
+    from endebias.report.results import rows_from_runs
     from tiny_sweep import tiny_sweep_spec, write_sweep_file
 
-    spec = tiny_sweep_spec(run_cap=1, epochs=1, method="random", train_size=128,
+    spec = tiny_sweep_spec(run_cap=2, epochs=1, method="random", train_size=128,
                            eval_size=64, bias_labels={"value": "pseudo"},
                            pseudo_options={"value": {"stage1_epochs": 1}})
     sweep_file = write_sweep_file(tmp_path / "pseudo.yaml", spec)
     storage, runs = f"sqlite:///{tmp_path}/sweeps.db", tmp_path / "runs"
     assert main(["sweep", "create", str(sweep_file), "--storage", storage, "--id", "ps"]) == 0
     assert main(["sweep", "agent", "ps", "--storage", storage, "--runs", str(runs)]) == 0
-    [run_dir] = [p for p in (runs / "ps").iterdir() if p.is_dir()]
-    recorded = records.read_json(run_dir / records.CONFIG)
-    assert recorded["bias_labels"] == "pseudo"
-    assert recorded["pseudo_options"]["stage1_epochs"] == 1
-    assert (run_dir / STAGE1 / records.DONE).exists() and (run_dir / records.DONE).exists()
-    assert read_labels(run_dir / LABELS) is not None
-    assert "nmi" in records.read_json(run_dir / AGREEMENT)
+    trials = sorted(p for p in (runs / "ps").iterdir() if not p.name.startswith("."))
+    assert len(trials) == 2
+    [shared] = list((runs / "ps" / ".stage1").iterdir())
+    assert (shared / records.DONE).exists()
+    assert records.read_json(shared / records.CONFIG)["method"] == "vanilla"
+    labels = []
+    for run_dir in trials:
+        recorded = records.read_json(run_dir / records.CONFIG)
+        assert recorded["bias_labels"] == "pseudo"
+        assert recorded["pseudo_options"]["stage1_epochs"] == 1
+        assert (run_dir / records.DONE).exists() and not (run_dir / STAGE1).exists()
+        assert "nmi" in records.read_json(run_dir / AGREEMENT)
+        labels.append(read_labels(run_dir / LABELS))
+    assert labels[0] is not None and np.array_equal(labels[0], labels[1])
+    assert sorted(row.id for row in rows_from_runs(runs / "ps")) == [p.name for p in trials]
+
+
+def test_a_run_waits_for_a_shared_stage1_that_another_process_holds(tmp_path, monkeypatch):
+    import threading
+
+    from endebias.training import pseudo_labels
+    from endebias.training.run_lock import RunLock
+
+    monkeypatch.setattr(pseudo_labels, "STAGE1_WAIT_SECONDS", 0.2)
+    config = pseudo_config()
+    shared = pseudo_labels.shared_stage1_dir(config, tmp_path)
+    held = RunLock.acquire(shared)  # as another agent training that stage 1 would
+    done = threading.Event()
+    result = {}
+
+    def run() -> None:
+        result["best"] = fit_with_bias_labels(config, tmp_path / "run", progress=False,
+                                              stage1_dir=shared)
+        done.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert not done.wait(1.0)  # waiting, not failing
+    held.release()
+    worker.join(timeout=120)
+    assert done.is_set() and (shared / records.DONE).exists()
+    assert (tmp_path / "run" / records.DONE).exists()
 
 
 def test_fit_with_a_callers_lock_refuses_a_pseudo_label_config(tmp_path):

@@ -116,7 +116,8 @@ class Objective:
             raise
 
     def _train(self, trial: optuna.Trial) -> float:
-        from endebias.training.fit import fit  # torch: only in agents
+        # torch: only in agents
+        from endebias.training.pseudo_labels import fit_with_bias_labels, shared_stage1_dir
 
         self._check_not_surplus(trial)
         sampled = {p.name: suggest(trial, p) for p in self.spec.parameters.values() if p.searched}
@@ -150,7 +151,7 @@ class Objective:
         log.info("trial %d%s: %s -> %s", trial.number, self._place(trial), sampled, run_dir)
         state = "FAIL"
         try:
-            best = fit(
+            best = fit_with_bias_labels(
                 config,
                 run_dir,
                 data_dir=self.data_dir,
@@ -158,6 +159,9 @@ class Objective:
                 progress=self.progress,
                 on_epoch=on_epoch,
                 echo=lambda line: log.info("trial %d: %s", trial.number, line),
+                # Trials on pseudo labels share one stage 1 per setting it sees.
+                stage1_dir=shared_stage1_dir(config, run_dir.parent)
+                if config.bias_labels == "pseudo" else None,
             )
             state = "COMPLETE"
         except optuna.TrialPruned:

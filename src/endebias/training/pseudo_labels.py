@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,12 @@ from endebias.training.checkpoint import load_checkpoint
 from endebias.training.config import TrainConfig
 from endebias.training.fit import existing_run, fit, load_benchmark, resolve_device
 from endebias.training.prepared import build_run_method
-from endebias.training.run_lock import RunLock
+from endebias.training.run_lock import RunInUseError, RunLock
 
 log = logging.getLogger(__name__)
 
 STAGE1 = "stage1"
+STAGE1_WAIT_SECONDS = 5  # how often a run waiting for a shared stage 1 looks again
 LABELS = "pseudo_labels.npz"
 
 
@@ -154,15 +156,25 @@ def _check_method(config: TrainConfig) -> None:
         )
 
 
+def shared_stage1_dir(config: TrainConfig, folder: Path) -> Path:
+    """Where runs that differ only in what stage 1 does not see (their method options,
+    labelling...) share one bias-capturing model: ``folder/.stage1/<hash of its config>``
+    (a hidden folder, so that listing ``folder``'s runs does not show it)."""
+    return folder / ".stage1" / records.config_hash(stage1_config(config).to_dict())
+
+
 def fit_with_bias_labels(
     config: TrainConfig, run_dir: str | Path, *, data_dir: str | None = None,
     resume: bool = False, progress: bool = True,
-    echo: Callable[[str], None] | None = None, **fit_options: Any,
+    echo: Callable[[str], None] | None = None, stage1_dir: Path | None = None,
+    **fit_options: Any,
 ) -> dict[str, Any]:
     """:func:`~endebias.training.fit.fit` for any ``config.bias_labels``: ``given`` is
     ``fit`` itself; ``pseudo`` runs the three stages into ``run_dir``. Stage 1 gets
     ``progress`` and ``echo`` (its lines marked ``stage 1``) but not the other options
-    (``on_epoch``...), which belong to the run itself."""
+    (``on_epoch``...), which belong to the run itself. ``stage1_dir`` (default
+    ``run_dir/stage1``) may be a folder other runs share (:func:`shared_stage1_dir`): the
+    first trains it, the others wait for it and reuse it."""
     if config.bias_labels == "given":
         return fit(config, run_dir, data_dir=data_dir, resume=resume, progress=progress,
                    echo=echo, **fit_options)
@@ -183,7 +195,8 @@ def fit_with_bias_labels(
         if main:
             records.atomic_write_json(run_dir / records.CONFIG, config.to_dict())
         labels = _stages_1_and_2(config, run_dir, lock, main=main, data_dir=data_dir,
-                                 progress=progress, echo=echo)
+                                 progress=progress, echo=echo,
+                                 stage1_dir=stage1_dir or run_dir / STAGE1)
         log.info("stage 3: %s on the pseudo labels in %s", config.method, run_dir)
         return fit(config, run_dir, data_dir=data_dir, resume=True, progress=progress,
                    echo=echo, prepare_benchmark=lambda benchmark: use_labels(benchmark, labels),
@@ -194,20 +207,25 @@ def fit_with_bias_labels(
 
 def _stages_1_and_2(
     config: TrainConfig, run_dir: Path, lock: RunLock, *, main: bool, data_dir: str | None,
-    progress: bool, echo: Callable[[str], None] | None,
+    progress: bool, echo: Callable[[str], None] | None, stage1_dir: Path,
 ) -> np.ndarray:
     """Train (or resume, or reuse) the bias-capturing model, then read the pseudo labels
     or derive and write them."""
-    first = stage1_config(config)
-    stage1_dir = run_dir / STAGE1
-    log.info("stage 1: %s bias-capturing model, %d epochs, in %s",
-             first.method, first.epochs, stage1_dir)
-    fit(first, stage1_dir, data_dir=data_dir, resume=True, progress=progress,
-        echo=None if echo is None else lambda line: echo(f"stage 1 | {line}"))
     labels_path = run_dir / LABELS
     labels = read_labels(labels_path)
     if labels is not None:
-        return labels
+        return labels  # stage 2 done: stage 1 is not needed again
+    first = stage1_config(config)
+    log.info("stage 1: %s bias-capturing model, %d epochs, in %s",
+             first.method, first.epochs, stage1_dir)
+    while True:
+        try:
+            fit(first, stage1_dir, data_dir=data_dir, resume=True, progress=progress,
+                echo=None if echo is None else lambda line: echo(f"stage 1 | {line}"))
+            break
+        except RunInUseError as error:  # a shared stage 1 another run is training now
+            log.info("stage 1: %s; waiting for it to finish", error)
+            time.sleep(STAGE1_WAIT_SECONDS)
     log.info("stage 2: %s pseudo bias labels", config.pseudo_options["labelling"])
     labels, benchmark = derive_labels(config, stage1_dir, data_dir=data_dir)
     if benchmark.has_bias_labels:
