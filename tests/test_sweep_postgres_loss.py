@@ -114,16 +114,28 @@ def test_a_lost_storage_is_ridden_out_or_named_and_nothing_is_lost(tmp_path, cap
     assert f"endebias sweep agent {sweep_id} --storage '{shown}'" in caplog.text
     assert all(s not in caplog.text for s in (PASSWORD, quote(PASSWORD, safe=""), "w rd"))
     runs = tmp_path / "runs" / sweep_id
-    agent = endebias("sweep", "agent", sweep_id, "--storage", storage, "--storage-retry", "10",
+    # 20 s of retries: the short outage below (2 s, plus the server's restart, which takes
+    # longer on a loaded machine) stays well inside it.
+    agent = endebias("sweep", "agent", sweep_id, "--storage", storage, "--storage-retry", "20",
                      cwd=tmp_path)
+
+    def wait_for_agent(condition, what: str):
+        try:
+            return wait_for(condition, timeout=120, what=what)
+        except AssertionError:
+            agent.kill()
+            _, err = agent.communicate(timeout=30)
+            raise AssertionError(f"timed out waiting for {what}; the agent said:\n"
+                                 f"{err[-3000:]}") from None
+
     # A short outage in the first trial: the agent retries and carries on.
-    wait_for(lambda: run_with_epochs(runs), timeout=120, what="the first epoch")
+    wait_for_agent(lambda: run_with_epochs(runs), "the first epoch")
     server.stop()
-    time.sleep(3)  # the agent blocks in its retries at the end of the epoch
+    time.sleep(2)  # the agent blocks in its retries at the end of the epoch
     server.start()
-    wait_for(lambda: run_with_epochs(runs, done=True), timeout=120, what="the first trial")
-    # A long one in the second: the agent gives up after 10 s with one line.
-    wait_for(lambda: run_with_epochs(runs, done=False), timeout=120, what="the second trial")
+    wait_for_agent(lambda: run_with_epochs(runs, done=True), "the first trial")
+    # A long one in the second: the agent gives up after 20 s with one line.
+    wait_for_agent(lambda: run_with_epochs(runs, done=False), "the second trial")
     server.stop()
     out, err = agent.communicate(timeout=180)
     assert agent.returncode == 2, err[-3000:]
@@ -135,7 +147,7 @@ def test_a_lost_storage_is_ridden_out_or_named_and_nothing_is_lost(tmp_path, cap
     (second,) = run_with_epochs(runs, done=False)
     kept = records.read_metrics(second)
     assert 0 < len(kept) < epochs
-    assert last.startswith(f"endebias: error: sweep storage {shown} unreachable for 10 s (")
+    assert last.startswith(f"endebias: error: sweep storage {shown} unreachable for 20 s (")
     assert last.endswith(
         f"; trial 1 stopped with {len(kept)} finished epochs kept in {second}; once the storage "
         "is back, an agent re-runs it from there after its heartbeat grace period")
