@@ -188,45 +188,6 @@ def _standardise(
     return torch.from_numpy((values - mean) / std).float(), mean, std
 
 
-def _without_bias(
-    table: Table, csv_path: Path, target: str, features: list[str] | None,
-    valid_fraction: float, test_fraction: float, seed: int, device: torch.device | str | None,
-) -> Benchmark:
-    """A table with no bias column: targets only. Every bias label is 0, the evaluations are
-    ``valid`` and ``biased_test`` (the test pool as it comes) and the benchmark says it has
-    no bias labels, so that EnD is trained on pseudo ones (``--bias-labels pseudo``)."""
-    table.column(target, "target")
-    feature_names, values = _features(table, features, target, bias=None)
-    generator = torch.Generator().manual_seed(seed)
-    train_rows, valid_rows, test_rows = _pools(len(table), valid_fraction, test_fraction,
-                                               generator)
-    targets, target_names = table.categories(target, "target")
-    if len(np.unique(targets[train_rows])) < 2:
-        raise ValueError(f"{csv_path}: target column {target!r} has one class only in training")
-    standardised, mean, std = _standardise(values, train_rows)
-    target_tensor = torch.from_numpy(targets)
-
-    def split(chosen: np.ndarray) -> Split:
-        index = torch.from_numpy(chosen)
-        made = Split(standardised[index], target_tensor[index], torch.zeros(len(chosen),
-                                                                             dtype=torch.long))
-        return made.to(device) if device is not None else made
-
-    train = split(train_rows)
-    evaluations = {"valid": split(valid_rows), "biased_test": split(test_rows)}
-    logger.info("tabular %s (no bias column): %s", csv_path.name,
-                split_sizes(train, evaluations))
-    return Benchmark(
-        name="tabular", train=train, evaluations=evaluations,
-        num_targets=len(target_names), num_biases=1, input_shape=(len(feature_names),),
-        prepare=_identity, target_names=target_names, bias_names=["all"],
-        info={"path": str(csv_path), "target": target, "bias": None, "setting": "none",
-              "features": feature_names, "seed": seed, "feature_mean": mean.tolist(),
-              "feature_std": std.tolist()},
-        has_bias_labels=False,
-    )
-
-
 @register_dataset("tabular")
 def build_tabular(
     *,
@@ -268,12 +229,10 @@ def build_tabular(
     if not csv_path.is_file() and data_dir is not None and not csv_path.is_absolute():
         csv_path = Path(data_dir).expanduser() / csv_path
     table = read_table(csv_path)
-    if bias is None:
-        return _without_bias(table, csv_path, target, features, valid_fraction, test_fraction,
-                             seed, device)
     # The two named columns first: a misspelling is named, with the columns listed.
     table.column(target, "target")
-    table.column(bias, "bias")
+    if bias is not None:
+        table.column(bias, "bias")
     if target == bias:
         raise ValueError(
             f"{csv_path}: target and bias are the same column {target!r}; the bias must be "
@@ -283,10 +242,13 @@ def build_tabular(
     generator = torch.Generator().manual_seed(seed)
     pools = _pools(len(table), valid_fraction, test_fraction, generator)
     targets, target_names = table.categories(target, "target")
-    biases, bias_names, cuts = bin_bias(
-        table, bias, binning=bias_binning, reference=pools[0], threshold=bias_threshold,
-        quantiles=bias_quantiles,
-    )
+    if bias is None:  # targets only: one bias group, and nothing to balance
+        biases, bias_names, cuts = np.zeros(len(table), dtype=np.int64), ["all"], None
+    else:
+        biases, bias_names, cuts = bin_bias(
+            table, bias, binning=bias_binning, reference=pools[0], threshold=bias_threshold,
+            quantiles=bias_quantiles,
+        )
     if setting == "association" and len(bias_names) != len(target_names):
         raise ValueError(
             f"setting='association' needs as many bias groups as targets: bias column {bias!r} "
@@ -294,7 +256,10 @@ def build_tabular(
             f"{len(target_names)}"
         )
     options = {"minority_bias": minority_bias, "minority_size": minority_size, "train_on": train_on}
-    rows = _choose_rows(setting, options, targets, biases, bias_names, pools, generator)
+    if bias is None:
+        rows = dict(zip(("train", "valid", "biased_test"), pools, strict=True))
+    else:
+        rows = _choose_rows(setting, options, targets, biases, bias_names, pools, generator)
     for split, chosen in rows.items():
         present = np.bincount(biases[chosen], minlength=len(bias_names))
         if not present.all():
@@ -314,12 +279,15 @@ def build_tabular(
         made = Split(standardised[index], target_tensor[index], bias_tensor[index])
         return made.to(device) if device is not None else made
 
-    evaluations = {name: split(rows[name]) for name in ("valid", "biased_test", "unbiased_test")}
-    unbiased = rows["unbiased_test"]
-    for code in range(len(bias_names)):
-        evaluations[f"unbiased_test_bias{code}"] = split(unbiased[biases[unbiased] == code])
+    evaluations = {name: split(chosen) for name, chosen in rows.items() if name != "train"}
+    if bias is not None:
+        unbiased = rows["unbiased_test"]
+        for code in range(len(bias_names)):
+            evaluations[f"unbiased_test_bias{code}"] = split(unbiased[biases[unbiased] == code])
     train = split(rows["train"])
-    logger.info("tabular %s (%s): %s", csv_path.name, setting, split_sizes(train, evaluations))
+    logger.info("tabular %s (%s): %s", csv_path.name,
+                setting if bias is not None else "no bias column",
+                split_sizes(train, evaluations))
     return Benchmark(
         name="tabular",
         train=train,
@@ -333,6 +301,7 @@ def build_tabular(
         info={"path": str(csv_path), "target": target, "bias": bias, "setting": setting,
               "features": feature_names, "bias_cuts": cuts, "seed": seed,
               "feature_mean": mean.tolist(), "feature_std": std.tolist()},
+        has_bias_labels=bias is not None,
     )
 
 
