@@ -230,19 +230,16 @@ def _stages_1_and_2(
     labels, benchmark = derive_labels(config, stage1_dir, data_dir=data_dir)
     if benchmark.has_bias_labels:
         agreement = label_agreement(labels, benchmark.train.biases.cpu().numpy())
+        compared = (f"agreement with the true bias labels: NMI {agreement['nmi']:.3f}, "
+                    f"matched accuracy {agreement['matched_acc']:.4f}")
     else:  # nothing to compare with: the file keeps what the labels are
         agreement = {"num_pseudo_labels": len(np.unique(labels))}
+        compared = "the dataset has no bias labels to compare them with"
     agreement["labelling"] = config.pseudo_options["labelling"]
     if main:
         lock.check()
         # The labels file last: it is what marks stage 2 as done.
         records.atomic_write_json(run_dir / AGREEMENT, agreement)
         write_labels(labels_path, labels)
-    if benchmark.has_bias_labels:
-        log.info("pseudo labels: %d values; agreement with the true bias labels: "
-                 "NMI %.3f, matched accuracy %.4f", agreement["num_pseudo_labels"],
-                 agreement["nmi"], agreement["matched_acc"])
-    else:
-        log.info("pseudo labels: %d values (the dataset has no bias labels to compare them "
-                 "with)", agreement["num_pseudo_labels"])
+    log.info("pseudo labels: %d values; %s", agreement["num_pseudo_labels"], compared)
     return labels
