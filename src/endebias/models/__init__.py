@@ -46,4 +46,4 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
                   reserved=reserved)
 
 
-from endebias.models import mlp, resnet, simple_conv  # noqa: E402,F401  (registers its models)
+from endebias.models import bias_conv, mlp, resnet, simple_conv  # noqa: E402,F401  (registers)
