@@ -34,7 +34,7 @@ from endebias.cli.main import parse_assignment
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
-from endebias.training.pseudo_labels import fit_with_bias_labels
+from endebias.training.pseudo_label_stages import fit_with_bias_labels
 
 log = logging.getLogger("pima_table")
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "pima" / "pima.csv"

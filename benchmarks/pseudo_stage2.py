@@ -24,7 +24,7 @@ import torch
 from endebias.agreement import label_agreement
 from endebias.training import records
 from endebias.training.config import TrainConfig
-from endebias.training.pseudo_labels import STAGE1, derive_labels
+from endebias.training.pseudo_label_stages import STAGE1, derive_labels
 
 
 def singled_out(labels: np.ndarray, targets: np.ndarray, labelling: str) -> np.ndarray:

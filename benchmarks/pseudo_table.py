@@ -22,7 +22,7 @@ import torch
 
 from endebias.report.comparison import find_runs, method_table
 from endebias.training.config import make_config
-from endebias.training.pseudo_labels import fit_with_bias_labels
+from endebias.training.pseudo_label_stages import fit_with_bias_labels
 
 
 def main() -> None:

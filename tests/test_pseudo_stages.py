@@ -20,7 +20,7 @@ from endebias.report import comparison
 from endebias.training import records
 from endebias.training.bias_labels import PSEUDO_DEFAULTS, check_bias_labels
 from endebias.training.config import TrainConfig, make_config
-from endebias.training.pseudo_labels import (
+from endebias.training.pseudo_label_stages import (
     AGREEMENT,
     LABELS,
     STAGE1,
@@ -123,7 +123,7 @@ def test_pseudo_labels_recover_the_synthetic_bias(tmp_path, labelling):
 
 KILLER = """
 import os, signal, sys
-from endebias.training.pseudo_labels import fit_with_bias_labels
+from endebias.training.pseudo_label_stages import fit_with_bias_labels
 from endebias.training.config import TrainConfig
 config = TrainConfig.from_dict({config})
 lines = []
@@ -380,12 +380,12 @@ def test_sweep_trials_on_pseudo_labels_make_them_from_one_shared_stage1(tmp_path
 def test_a_run_waits_for_a_shared_stage1_that_another_process_holds(tmp_path, monkeypatch):
     import threading
 
-    from endebias.training import pseudo_labels
+    from endebias.training import pseudo_label_stages
     from endebias.training.run_lock import RunLock
 
-    monkeypatch.setattr(pseudo_labels, "STAGE1_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(pseudo_label_stages, "STAGE1_WAIT_SECONDS", 0.2)
     config = pseudo_config()
-    shared = pseudo_labels.shared_stage1_dir(config, tmp_path)
+    shared = pseudo_label_stages.shared_stage1_dir(config, tmp_path)
     held = RunLock.acquire(shared)  # as another agent training that stage 1 would
     done = threading.Event()
     result = {}

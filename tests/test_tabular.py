@@ -224,7 +224,7 @@ def test_without_bias_labels_end_needs_pseudo_ones(tmp_path, capsys):
     from endebias.training import records
     from endebias.training.bias_labels import AGREEMENT
     from endebias.training.fit import fit
-    from endebias.training.pseudo_labels import LABELS, fit_with_bias_labels, read_labels
+    from endebias.training.pseudo_label_stages import LABELS, fit_with_bias_labels, read_labels
 
     path = _write(tmp_path / "t.csv", n=300)
     # Vanilla reads no bias labels: it trains as on any table.

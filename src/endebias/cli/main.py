@@ -166,7 +166,7 @@ def config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from endebias.training import distributed
     from endebias.training.fit import summary_line
-    from endebias.training.pseudo_labels import fit_with_bias_labels
+    from endebias.training.pseudo_label_stages import fit_with_bias_labels
 
     config = config_from_args(args)
     out = (

@@ -3,7 +3,7 @@
 ``GCE(p, y) = (1 - p_y**q) / q`` weights each sample's gradient by ``p_y**q``, so training
 leans on the samples the model already gets right: the easy, bias-aligned ones. LfF trains
 its biased twin this way; here it is a method of its own, the bias-capturing stage of
-``--bias-labels pseudo`` (endebias.training.pseudo_labels). Not a debiasing method.
+``--bias-labels pseudo`` (endebias.training.pseudo_label_stages). Not a debiasing method.
 """
 
 from __future__ import annotations

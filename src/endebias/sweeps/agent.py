@@ -117,7 +117,7 @@ class Objective:
 
     def _train(self, trial: optuna.Trial) -> float:
         # torch: only in agents
-        from endebias.training.pseudo_labels import fit_with_bias_labels, shared_stage1_dir
+        from endebias.training.pseudo_label_stages import fit_with_bias_labels, shared_stage1_dir
 
         self._check_not_surplus(trial)
         sampled = {p.name: suggest(trial, p) for p in self.spec.parameters.values() if p.searched}

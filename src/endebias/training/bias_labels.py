@@ -1,5 +1,5 @@
 """Where a run's training bias labels come from: the dataset (``given``) or a
-bias-capturing model (``pseudo``, see :mod:`endebias.training.pseudo_labels`).
+bias-capturing model (``pseudo``, see :mod:`endebias.training.pseudo_label_stages`).
 
 This module only defines and checks the options (no torch), so ``TrainConfig`` can
 validate them and the CLI can offer them.

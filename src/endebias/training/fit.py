@@ -225,7 +225,7 @@ def fit(
     if config.bias_labels != "given" and prepare_benchmark is None:
         # A pseudo-label config from any caller (a sweep trial, the Python API) makes its
         # labels first: trained on the dataset's own, it would record what it did not do.
-        from endebias.training.pseudo_labels import fit_with_bias_labels
+        from endebias.training.pseudo_label_stages import fit_with_bias_labels
 
         if lock is not None:
             raise ValueError("fit: a pseudo-label run takes its own lock on its folder")

@@ -109,7 +109,7 @@ def prepare(
     device = distributed.local_device(device, context)
     torch.manual_seed(config.seed)
     benchmark = load_benchmark(config, data_dir=data_dir, device=device)
-    if prepare_benchmark is not None:  # e.g. pseudo bias labels (training.pseudo_labels)
+    if prepare_benchmark is not None:  # e.g. pseudo bias labels (training.pseudo_label_stages)
         prepare_benchmark(benchmark)
     train_counts = group_counts(
         benchmark.train.targets,

@@ -59,7 +59,7 @@ def check_config(config: TrainConfig) -> None:
     check_model_options(config.model, config.model_options)
     check_method_options(config.method, config.method_options)
     if config.bias_labels == "pseudo":  # the bias-capturing model of stage 1
-        from endebias.training.pseudo_labels import stage1_config
+        from endebias.training.pseudo_label_stages import stage1_config
 
         first = stage1_config(config)
         check_model_options(first.model, first.model_options)
