@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from endebias.cli.main import parse_assignment
+from endebias.cli.options import key_value
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--data-dir", help="data folder (default: $ENDEBIAS_DATA)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["vanilla", "end"])
-    parser.add_argument("--pseudo-option", type=parse_assignment, action="append", default=[],
+    parser.add_argument("--pseudo-option", type=key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="a pseudo-label option for the end-pseudo-* "
                         "runs (e.g. stage1=gce; their folders name it)")
     parser.add_argument("--out", help="keep the runs here and reuse them (default: a "

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from endebias.cli.main import parse_assignment
+from endebias.cli.options import key_value
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["imbalance", "association"])
     parser.add_argument("--methods", nargs="+", default=["vanilla", "end"],
                         choices=["vanilla", "end", "end-pseudo"])
-    parser.add_argument("--pseudo-option", type=parse_assignment, action="append", default=[],
+    parser.add_argument("--pseudo-option", type=key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="a pseudo option of the end-pseudo runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

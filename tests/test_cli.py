@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from endebias.cli.main import main, parse_assignment
+from endebias.cli.main import main
+from endebias.option_types import parse_assignment
 from endebias.training import records
 
 MNIST = Path(
@@ -61,8 +62,18 @@ def test_parse_assignment_reads_yaml_scalars():
     assert parse_assignment("layer=blocks.9") == ("layer", "blocks.9")
     assert parse_assignment("rho=0.99") == ("rho", 0.99)
     assert parse_assignment("pool_after=[0, 1]") == ("pool_after", [0, 1])
-    with pytest.raises(Exception, match="KEY=VALUE"):
-        parse_assignment("novalue")
+    assert parse_assignment("k = 3") == ("k", 3)
+    for text in ("novalue", "=3"):
+        with pytest.raises(ValueError, match="expected KEY=VALUE"):
+            parse_assignment(text)
+
+
+def test_a_malformed_option_is_one_usage_line_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--method-option", "novalue"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("argument --method-option: expected KEY=VALUE, got 'novalue'")
 
 
 @needs_mnist

@@ -1,7 +1,8 @@
-"""Checking user options (``--dataset-option``, ``--model-option``, ``--method-option``,
-a sweep's values) against the type hints of the builder that takes them, so that a wrong
-name or an ill-typed value is one line naming the option and listing the valid ones with
-their types, instead of a TypeError from deep inside a constructor.
+"""Reading a user option (``KEY=VALUE``) and checking user options (``--dataset-option``,
+``--model-option``, ``--method-option``, a sweep's values) against the type hints of the
+builder that takes them, so that a wrong name or an ill-typed value is one line naming the
+option and listing the valid ones with their types, instead of a TypeError from deep
+inside a constructor.
 
 No torch here: hints that name torch types are accepted as they are (not checked).
 """
@@ -15,6 +16,17 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a YAML scalar or list (numbers, booleans, [1, 2]);
+    ValueError for text without a key and an ``=``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 def describe(hint: Any) -> str:

@@ -10,22 +10,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from endebias.cli import help_text
 from endebias.cli import sweep as cli_sweep
 from endebias.cli.demo import add_demo_options
-from endebias.training import bias_labels, records, tracking
+from endebias.cli.options import (
+    add_bias_label_options,
+    add_tracking_options,
+    bias_label_overrides,
+    key_value,
+    train_mirror,
+)
+from endebias.training import records
 
 log = logging.getLogger("endebias")
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as a YAML scalar or list (numbers, booleans, [1, 2])."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
 
 
 def _end_default(option: str) -> str:
@@ -104,7 +101,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     examples = {"method": "layer=blocks.9", "model": "channels=[8,16,32,64]",
                 "dataset": "validation=heldout"}
     for part, example in examples.items():
-        parser.add_argument(f"--{part}-option", action="append", type=parse_assignment,
+        parser.add_argument(f"--{part}-option", action="append", type=key_value,
                             default=[], metavar="KEY=VALUE",
                             help=f"any {part} option, e.g. {example}")
     parser.add_argument(
@@ -116,7 +113,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
     )
-    bias_labels.add_bias_label_options(parser)  # --bias-labels given|pseudo, --pseudo-option
+    add_bias_label_options(parser)  # --bias-labels given|pseudo, --pseudo-option
 
 
 def config_from_args(args: argparse.Namespace):
@@ -159,7 +156,7 @@ def config_from_args(args: argparse.Namespace):
     overrides["dataset_options"] = dataset_options
     overrides["method_options"] = method_options
     overrides["model_options"] = dict(args.model_option)
-    overrides.update(bias_labels.bias_label_overrides(args))
+    overrides.update(bias_label_overrides(args))
     return make_config(args.preset, **overrides)
 
 
@@ -182,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main:
         print(f"run folder: {out}")
     # Optional W&B / TensorBoard mirrors of the records (rank 0 only).
-    mirror = tracking.train_mirror(args, config=config.to_dict(), run_dir=out) if main else None
+    mirror = train_mirror(args, config=config.to_dict(), run_dir=out) if main else None
     state = "FAIL"
     try:
         best = fit_with_bias_labels(
@@ -230,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one run and print its best-by-valid result")
     add_train_options(train)
     help_text.name_the_known(train)  # --dataset, --model, --method list the registered names
-    tracking.add_tracking_options(train)  # --wandb PROJECT, --tensorboard
+    add_tracking_options(train)  # --wandb PROJECT, --tensorboard
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<config hash>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from endebias.training.tracking import add_tracking_options
+from endebias.cli.options import add_tracking_options
 
 log = logging.getLogger("endebias")
 

@@ -1,13 +1,12 @@
 """Where a run's training bias labels come from: the dataset (``given``) or a
 bias-capturing model (``pseudo``, see :mod:`endebias.training.pseudo_label_stages`).
 
-This module only defines and checks the options (no torch), so ``TrainConfig`` can
-validate them and the CLI can offer them.
+This module only defines and checks the options (no torch, no argparse), so
+``TrainConfig`` can validate them and the CLI (:mod:`endebias.cli.options`) can offer them.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 BIAS_LABELS = ("given", "pseudo")
@@ -92,30 +91,3 @@ def check_bias_labels(bias_labels: str, pseudo_options: dict[str, Any]) -> dict[
             raise ValueError(f"pseudo option {name} must be a name or null, got {options[name]!r}")
     return options
 
-
-def add_bias_label_options(parser: argparse.ArgumentParser) -> None:
-    """``--bias-labels`` and ``--pseudo-option`` on a train-like subcommand."""
-    from endebias.cli.main import parse_assignment  # the CLI's own KEY=VALUE reader
-
-    parser.add_argument(
-        "--bias-labels",
-        choices=BIAS_LABELS,
-        default="given",
-        help="given: the dataset's bias labels; pseudo: labels from a bias-capturing model "
-        "trained first (docs/methods.md, 'EnD without bias labels')",
-    )
-    parser.add_argument(
-        "--pseudo-option",
-        action="append",
-        type=parse_assignment,
-        default=[],
-        metavar="KEY=VALUE",
-        help="with --bias-labels pseudo, one of (default in brackets): "
-        + ", ".join(f"{key} [{value}]" for key, value in PSEUDO_DEFAULTS.items())
-        + "; e.g. labelling=cluster, 'stage1_model_options={kernel_size: 1}'",
-    )
-
-
-def bias_label_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config fields set by :func:`add_bias_label_options`' options."""
-    return {"bias_labels": args.bias_labels, "pseudo_options": dict(args.pseudo_option)}

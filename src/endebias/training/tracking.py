@@ -13,7 +13,6 @@ epochs that were already on record.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -26,23 +25,6 @@ from endebias.training import records
 log = logging.getLogger(__name__)
 
 TENSORBOARD_FOLDER = "tensorboard"
-
-
-def add_tracking_options(parser: argparse.ArgumentParser) -> None:
-    """``--wandb PROJECT`` and ``--tensorboard``, shared by ``train`` and ``sweep agent``."""
-    group = parser.add_argument_group("trackers (optional, off by default)")
-    group.add_argument(
-        "--wandb",
-        metavar="PROJECT",
-        help="also log each run to Weights & Biases (offline unless WANDB_MODE is set; "
-        "needs pip install wandb)",
-    )
-    group.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write TensorBoard events into each run folder's tensorboard/ "
-        "(needs pip install tensorboard)",
-    )
 
 
 class Tracker(Protocol):
@@ -202,15 +184,6 @@ def run_mirror(
         _require("tensorboard", "--tensorboard")
         openers.append(lambda: TensorBoardRun(folder=run_dir / TENSORBOARD_FOLDER))
     return RunMirror(run_dir, openers) if openers else None
-
-
-def train_mirror(
-    args: argparse.Namespace, *, config: dict[str, Any], run_dir: Path
-) -> RunMirror | None:
-    """The mirror ``endebias train`` was asked for; its W&B run is named after the folder."""
-    require_trackers(wandb_project=args.wandb, tensorboard=args.tensorboard)
-    return run_mirror(run_dir, config=config, name=Path(run_dir).name,
-                      wandb_project=args.wandb, tensorboard=args.tensorboard)
 
 
 def require_trackers(*, wandb_project: str | None, tensorboard: bool) -> None:

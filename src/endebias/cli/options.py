@@ -1,0 +1,76 @@
+"""Command-line options that several subcommands share, over the library's own readers and
+checks: ``KEY=VALUE`` values, ``--bias-labels`` / ``--pseudo-option`` and the trackers.
+
+argparse lives in ``endebias.cli`` only; the layers below take plain values.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from endebias.option_types import parse_assignment
+from endebias.training import tracking
+from endebias.training.bias_labels import BIAS_LABELS, PSEUDO_DEFAULTS
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """:func:`endebias.option_types.parse_assignment` as an argparse ``type``, so that bad
+    text is argparse's one-line usage error with the reader's own message."""
+    try:
+        return parse_assignment(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_bias_label_options(parser: argparse.ArgumentParser) -> None:
+    """``--bias-labels`` and ``--pseudo-option`` on a train-like subcommand."""
+    parser.add_argument(
+        "--bias-labels",
+        choices=BIAS_LABELS,
+        default="given",
+        help="given: the dataset's bias labels; pseudo: labels from a bias-capturing model "
+        "trained first (docs/methods.md, 'EnD without bias labels')",
+    )
+    parser.add_argument(
+        "--pseudo-option",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --bias-labels pseudo, one of (default in brackets): "
+        + ", ".join(f"{key} [{value}]" for key, value in PSEUDO_DEFAULTS.items())
+        + "; e.g. labelling=cluster, 'stage1_model_options={kernel_size: 1}'",
+    )
+
+
+def bias_label_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields set by :func:`add_bias_label_options`' options."""
+    return {"bias_labels": args.bias_labels, "pseudo_options": dict(args.pseudo_option)}
+
+
+def add_tracking_options(parser: argparse.ArgumentParser) -> None:
+    """``--wandb PROJECT`` and ``--tensorboard``, shared by ``train`` and ``sweep agent``."""
+    group = parser.add_argument_group("trackers (optional, off by default)")
+    group.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="also log each run to Weights & Biases (offline unless WANDB_MODE is set; "
+        "needs pip install wandb)",
+    )
+    group.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard events into each run folder's tensorboard/ "
+        "(needs pip install tensorboard)",
+    )
+
+
+def train_mirror(
+    args: argparse.Namespace, *, config: dict[str, Any], run_dir: Path
+) -> tracking.RunMirror | None:
+    """The mirror ``endebias train`` was asked for; its W&B run is named after the folder."""
+    tracking.require_trackers(wandb_project=args.wandb, tensorboard=args.tensorboard)
+    return tracking.run_mirror(run_dir, config=config, name=Path(run_dir).name,
+                               wandb_project=args.wandb, tensorboard=args.tensorboard)
