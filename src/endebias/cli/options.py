@@ -1,5 +1,6 @@
 """Command-line options that several subcommands share, over the library's own readers and
-checks: ``KEY=VALUE`` values, ``--bias-labels`` / ``--pseudo-option`` and the trackers.
+checks: ``KEY=VALUE`` values, ``--bias-labels`` / ``--pseudo-option``, the trackers and
+``--storage``.
 
 argparse lives in ``endebias.cli`` only; the layers below take plain values.
 """
@@ -13,6 +14,11 @@ from typing import Any
 from endebias.option_types import parse_assignment
 from endebias.training import tracking
 from endebias.training.bias_labels import BIAS_LABELS, PSEUDO_DEFAULTS
+
+STORAGE_HELP = (
+    "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB (default: $ENDEBIAS_STORAGE, "
+    "else sqlite under --runs)"
+)
 
 
 def key_value(text: str) -> tuple[str, Any]:

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from endebias.cli.options import STORAGE_HELP
+
 log = logging.getLogger("endebias")
 
 
@@ -41,8 +43,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_report_command(commands: argparse._SubParsersAction) -> None:
-    from endebias.cli.sweep import STORAGE_HELP
-
     report = commands.add_parser(
         "report",
         help="one self-contained HTML page (tables and figures) for a sweep, or for a "

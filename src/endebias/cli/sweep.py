@@ -7,14 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from endebias.cli.options import add_tracking_options
+from endebias.cli.options import STORAGE_HELP, add_tracking_options
 
 log = logging.getLogger("endebias")
-
-STORAGE_HELP = (
-    "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB (default: $ENDEBIAS_STORAGE, "
-    "else sqlite under --runs)"
-)
 
 
 def positive_int(text: str) -> int:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from endebias import __version__
+from endebias.figures import group_matrix_png
 from endebias.report import comparison, report_figures, results
 from endebias.report.plots import plot_sweep
 from endebias.report.results import Row, Run, load_run
@@ -115,7 +116,7 @@ def _matrices(run: Run, label: str) -> list[str]:
         if key.endswith("_group_acc") and matrix:
             split = key.removesuffix("_group_acc")
             title = f"{label}: {split} accuracy per group (%), epoch {best['epoch']}"
-            figures.append(_image(report_figures.group_matrix_png(matrix, title=title), title))
+            figures.append(_image(group_matrix_png(matrix, title=title), title))
     return figures
 
 
@@ -195,7 +196,7 @@ def methods_report(runs: list[Run], *, title: str = "Methods side by side") -> s
             if matrix is not None:
                 label = (f"{cell.label}{at}: unbiased test accuracy per group (%), "
                          f"mean of {len(cell.runs)} seed(s)")
-                sections.append(_image(report_figures.group_matrix_png(matrix, title=label),
+                sections.append(_image(group_matrix_png(matrix, title=label),
                                        label))
     return _page(title, sections)
 

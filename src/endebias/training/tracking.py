@@ -100,7 +100,7 @@ class TensorBoardRun:
 
     def finish(self, best: dict[str, Any] | None, *, state: str) -> None:
         if best is not None:
-            from endebias.report.report_figures import group_matrix_png
+            from endebias.figures import group_matrix_png
 
             for key, matrix in best.items():
                 if key.endswith("_group_acc") and matrix:
