@@ -32,11 +32,14 @@ demo: $(VENV)/.installed data
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# lint-imports checks the layer contracts of pyproject.toml ([tool.importlinter]) on this
+# checkout's src/ (docs/design.md, "Architecture").
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
+	PYTHONPATH=src $(VENV)/bin/lint-imports --no-logo
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_regularizer.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .import_linter_cache .grimp_cache
