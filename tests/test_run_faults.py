@@ -77,10 +77,12 @@ def test_a_second_process_on_the_run_is_refused_with_the_holders_pid(tmp_path, c
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+# LfF: two networks, each with its own optimiser (group) in the checkpoint.
+@pytest.mark.parametrize("method", [[], ["--method", "lff"]], ids=["vanilla", "lff"])
+def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, capsys, method):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert run_cli(capsys, train_args(whole, epochs=8))[0] == 0
-    command = [sys.executable, "-m", "endebias", *train_args(killed, epochs=8)]
+    assert run_cli(capsys, train_args(whole, *method, epochs=8))[0] == 0
+    command = [sys.executable, "-m", "endebias", *train_args(killed, *method, epochs=8)]
     # One thread, as this process (conftest): the same arithmetic, the same numbers.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -93,7 +95,7 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, capsys
     finished = epochs_on_record(killed)
     assert 2 <= len(finished) < 8, "the kill came too late to test anything"
     assert not (killed / records.DONE).exists()
-    assert run_cli(capsys, train_args(killed, "--resume", epochs=8))[0] == 0
+    assert run_cli(capsys, train_args(killed, *method, "--resume", epochs=8))[0] == 0
     assert without_timings(records.read_metrics(killed)) == without_timings(
         records.read_metrics(whole)
     )

@@ -8,19 +8,34 @@ A method wraps a model and defines the training loss; the trainer calls
     loss, logits, parts = method.training_step(inputs, targets, biases, indices)
 
 ``parts`` holds named 0-d loss components (``ce``, ``r_perp``...) for logging. A method is
-an ``nn.Module``: the optimiser trains ``method.parameters()`` (a twin model too, for
-methods that have one) and its ``state_dict`` holds everything a resumed run needs.
+an ``nn.Module`` whose ``state_dict`` holds everything a resumed run needs. Its
+``optimizer_groups()`` say how its parameters are trained: the trainer builds one Adam and
+one StepLR per group (the run config's values unless the group overrides them), and every
+parameter is in exactly one group. A method that owns a second network (LfF's biased
+twin) gives it a group of its own, with its own optimiser state in the checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from endebias.option_types import check_options, option_hints
 from endebias.registry import Registry
+
+
+@dataclass(frozen=True)
+class OptimizerGroup:
+    """Parameters trained by one Adam and one StepLR; ``None`` takes the run config's value."""
+
+    parameters: list[nn.Parameter]
+    lr: float | None = None
+    weight_decay: float | None = None
+    lr_step: int | None = None  # StepLR step, in epochs
+    lr_gamma: float | None = None
 
 
 class Method(nn.Module):
@@ -53,6 +68,11 @@ class Method(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits used for evaluation."""
         return self.model(inputs)
+
+    def optimizer_groups(self) -> dict[str, OptimizerGroup]:
+        """Named groups of parameters, each with its own optimiser and schedule; every
+        parameter of the method in exactly one. Default: all of them in ``model``."""
+        return {"model": OptimizerGroup(list(self.parameters()))}
 
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor

@@ -16,7 +16,9 @@ Per step, with CE_d, CE_b each model's per-sample cross-entropy:
 * ``loss = mean(w * CE_d) + mean(GCE_b)``.
 
 The twin is ``copy.deepcopy(model)`` with its parameters drawn afresh (see
-:func:`fresh_copy`). Evaluation uses the debiased model only.
+:func:`fresh_copy`), trained by its own optimiser (group ``biased_model``; the run's
+settings, so the arithmetic is that of one Adam over both). Evaluation uses the debiased
+model only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from endebias.methods import Method, register_method
+from endebias.methods import Method, OptimizerGroup, register_method
 
 
 def generalized_cross_entropy(logits: Tensor, targets: Tensor, *, q: float) -> Tensor:
@@ -93,6 +95,12 @@ class LearningFromFailure(Method):
         self.register_buffer("loss_ema_biased", torch.zeros(size))
         self.register_buffer("loss_ema_debiased", torch.zeros(size))
         self.register_buffer("seen", torch.zeros(size, dtype=torch.bool))
+
+    def optimizer_groups(self) -> dict[str, OptimizerGroup]:
+        return {
+            "model": OptimizerGroup(list(self.model.parameters())),
+            "biased_model": OptimizerGroup(list(self.biased_model.parameters())),
+        }
 
     def _record(self, indices: Tensor, ce_biased: Tensor, ce_debiased: Tensor) -> None:
         """Fold this batch's losses into the averages, in place.

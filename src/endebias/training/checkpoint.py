@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 MAGIC = b"\nendebias-checkpoint 1"
 _TRAILER_LIMIT = 256
 _ZIP = b"PK\x03\x04"  # torch.save's own format: a checkpoint from before the trailer
-REQUIRED = ("history", "method", "optimizer", "scheduler", "rng")
+REQUIRED = ("history", "method", "rng")
+# Optimiser state by group (endebias.training.optimizers), or one optimiser (older files).
+OPTIMIZER_KEYS = (("optimizers", "schedulers"), ("optimizer", "scheduler"))
 
 
 class CheckpointError(ValueError):
@@ -87,7 +89,8 @@ def _decode(path: Path) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 - torch's text advises weights_only=False
         raise CheckpointError(f"{path}: damaged (torch cannot read it: "
                               f"{type(error).__name__})") from None
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED):
+    if (not isinstance(state, dict) or any(key not in state for key in REQUIRED)
+            or not any(all(key in state for key in keys) for keys in OPTIMIZER_KEYS)):
         raise CheckpointError(f"{path}: damaged (not a training checkpoint)")
     if not isinstance(state["history"], list):
         raise CheckpointError(f"{path}: damaged (no epoch history)")

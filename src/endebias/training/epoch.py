@@ -19,6 +19,7 @@ from endebias.training import distributed, records
 from endebias.training.config import TrainConfig
 from endebias.training.distributed import DistContext
 from endebias.training.fastpath import FastPath
+from endebias.training.optimizers import Optimizers
 
 StepFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]
 
@@ -83,7 +84,7 @@ def evaluate(
 
 def train_epoch(
     method: Method,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Optimizers,
     benchmark: Benchmark,
     config: TrainConfig,
     epoch: int,
@@ -120,7 +121,7 @@ def train_epoch(
                 )
             if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         # weight != 1 only for uneven shares in a multi-process run (endebias.training.distributed).
         (loss if weight == 1.0 else loss * weight).backward()
         optimizer.step()

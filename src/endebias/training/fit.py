@@ -128,8 +128,7 @@ def restore(run: PreparedRun) -> list[dict[str, Any]]:
                              f"--resume refuses (move the folder away to train the run again)")
         return []
     run.method.load_state_dict(state["method"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    run.optimizers.load_state_dict(state)
     torch.set_rng_state(state["rng"])
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -142,13 +141,13 @@ def run_epoch(run: PreparedRun, epoch: int, *, progress: bool) -> dict[str, Any]
     metric raises :class:`NonFiniteLossError` (nothing of the epoch is kept)."""
     config = run.config
     started = time.perf_counter()
-    lr = run.optimizer.param_groups[0]["lr"]
+    rates = run.optimizers.learning_rates()
     train_stats = train_epoch(
-        run.method, run.optimizer, run.benchmark, config, epoch, progress, run.runner
+        run.method, run.optimizers, run.benchmark, config, epoch, progress, run.runner
     )
-    run.scheduler.step()
+    run.optimizers.end_epoch()
     # The arithmetic "auto" chose on this machine (config.json keeps the option as given).
-    record: dict[str, Any] = {"epoch": epoch, "lr": lr, "fast_path": run.fast.describe()}
+    record: dict[str, Any] = {"epoch": epoch, **rates, "fast_path": run.fast.describe()}
     record.update({f"train_{k}": v for k, v in train_stats.items()})
     record["train_seconds"] = time.perf_counter() - started
     for name, split in run.evaluations.items():
@@ -181,8 +180,7 @@ def save_epoch(run: PreparedRun, lock: RunLock, history: list[dict[str, Any]]) -
     state = {
         "history": history,
         "method": run.method.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
+        **run.optimizers.state_dict(),
         "rng": torch.get_rng_state(),
     }
     if run.device.type == "cuda":

@@ -179,10 +179,12 @@ class _Pack:
                               num_targets=benchmark.num_targets, num_biases=benchmark.num_biases)[0]
         aligned = benchmark.aligned if benchmark.aligned is not None else aligned_groups(counts)
         self.aligned = aligned.to(counts.device)
+        # Packed methods have one optimizer group, "model"; older checkpoints one optimiser.
+        solo = [m.state.get("optimizers", {}).get("model", m.state.get("optimizer"))
+                for m in members]
         first = members[0].state
-        self._build([m.state["method"] for m in members],
-                    [m.state["optimizer"] for m in members] if "optimizer" in first else None,
-                    first.get("scheduler"))
+        self._build([m.state["method"] for m in members], None if solo[0] is None else solo,
+                    first.get("schedulers", {}).get("model", first.get("scheduler")))
 
     def _build(self, states: list[dict[str, Any]], optimizer_states: list[dict[str, Any]] | None,
                scheduler_state: dict[str, Any] | None) -> None:
@@ -265,8 +267,9 @@ class _Pack:
                 save_checkpoint(member.run_dir / records.CHECKPOINT, {
                     "history": member.history,
                     "method": member_state(state, position, size),
-                    "optimizer": member_optimizer_state(optimizer, self.names, position, size),
-                    "scheduler": self.scheduler.state_dict(),
+                    "optimizers": {"model": member_optimizer_state(optimizer, self.names,
+                                                                   position, size)},
+                    "schedulers": {"model": self.scheduler.state_dict()},
                     "rng": torch.get_rng_state(),
                 })
                 member.lock.check()

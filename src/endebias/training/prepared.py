@@ -21,11 +21,12 @@ from endebias.training.config import TrainConfig
 from endebias.training.distributed import DistContext
 from endebias.training.epoch import StepRunner
 from endebias.training.fastpath import FastPath
+from endebias.training.optimizers import Optimizers
 
 
 @dataclass
 class PreparedRun:
-    """A run ready to train: its data, method, optimiser and how steps run."""
+    """A run ready to train: its data, method, optimisers and how steps run."""
 
     config: TrainConfig
     run_dir: Path
@@ -34,8 +35,7 @@ class PreparedRun:
     benchmark: Benchmark
     aligned: Tensor
     method: Method
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.StepLR
+    optimizers: Optimizers
     fast: FastPath
     runner: StepRunner
     # This process's share of every evaluation split; the counts are summed over processes.
@@ -131,11 +131,7 @@ def prepare(
     if device.type == "cuda":
         # Fixed batch shapes: cuDNN times its kernels once per shape and keeps the fastest.
         torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.Adam(
-        method.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-        fused=True if device.type == "cuda" else None,  # one kernel for the whole update
-    )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, gamma=config.lr_gamma)
+    optimizers = Optimizers(method, config, device=device)  # one Adam + StepLR per group
     # Every process has checked its options above before rank 0 writes.
     distributed.barrier(context)
     return PreparedRun(
@@ -146,8 +142,7 @@ def prepare(
         benchmark=benchmark,
         aligned=aligned,
         method=method,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        optimizers=optimizers,
         fast=fast,
         runner=StepRunner(distributed.wrap_step(method, context, device), fast, context),
         evaluations={
