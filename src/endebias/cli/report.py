@@ -31,7 +31,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             from endebias.sweeps.storage import default_storage, load_study
 
             name = ident
-            study = load_study(ident, storage=args.storage or default_storage(args.runs))
+            study = load_study(ident, storage=args.storage or default_storage(args.runs),
+                               wait=args.storage_retry)
             rows = results.rows_from_study(study)
         page = html.sweep_report(name, rows, top=args.top)
         default = f"{name}-report.html"
@@ -43,6 +44,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_report_command(commands: argparse._SubParsersAction) -> None:
+    from endebias.cli.sweep import add_storage_retry
+
     report = commands.add_parser(
         "report",
         help="one self-contained HTML page (tables and figures) for a sweep, or for a "
@@ -58,4 +61,5 @@ def add_report_command(commands: argparse._SubParsersAction) -> None:
                         help="trials in the summary (default: %(default)s)")
     report.add_argument("--storage", help=STORAGE_HELP)
     report.add_argument("--runs", default="runs", help="runs folder of the default storage")
+    add_storage_retry(report)
     report.set_defaults(handler=cmd_report)

@@ -33,13 +33,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+def add_storage_retry(parser: argparse.ArgumentParser, kept: str = "") -> None:
+    parser.add_argument(
+        "--storage-retry",
+        type=_seconds,
+        default=120.0,
+        metavar="SECONDS",
+        help="when the storage is unreachable or locked by another process, at start-up "
+        f"too, retry (with backoff) this long before stopping{kept} (default: %(default)g)",
+    )
+
+
 def cmd_sweep_create(args: argparse.Namespace) -> int:
     from endebias.sweeps.storage import create_sweep, default_storage, mask_url
     from endebias.sweeps.sweep_file import load_sweep_file
 
     spec = load_sweep_file(args.file)
     storage = args.storage or default_storage(args.runs)
-    sweep_id = create_sweep(spec, storage=storage, sweep_id=args.id)
+    sweep_id = create_sweep(spec, storage=storage, sweep_id=args.id, wait=args.storage_retry)
     shown = "" if args.storage is None else f" --storage '{mask_url(storage)}'"
     log.info(
         "created sweep %s (%s, %s search); start agents with: endebias sweep agent %s%s",
@@ -122,7 +133,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             studies[Path(ident).name] = results.rows_from_runs(ident)
             continue
         url = args.storage or default_storage(args.runs)
-        storage = storage or open_storage(url)
+        storage = storage or open_storage(url, wait=args.storage_retry)
         with storage_errors(url):  # a damaged file may only show here: one line naming it
             study = load_study(ident, storage=storage)
             studies[ident] = results.rows_from_study(study)
@@ -157,6 +168,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--storage", help=STORAGE_HELP)
     create.add_argument("--runs", default="runs", help="runs folder (default: %(default)s)")
     create.add_argument("--id", help="the sweep id (default: file name + random suffix)")
+    add_storage_retry(create)
     create.set_defaults(handler=cmd_sweep_create)
 
     agent = actions.add_parser("agent", help="run trials of a sweep in this process")
@@ -181,14 +193,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     agent.add_argument(
         "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
     )
-    agent.add_argument(
-        "--storage-retry",
-        type=_seconds,
-        default=120.0,
-        metavar="SECONDS",
-        help="when the storage is unreachable, retry (with backoff) this long before "
-        "stopping; the trial's finished epochs stay in its run folder (default: %(default)g)",
-    )
+    add_storage_retry(agent, "; the trial's finished epochs stay in its run folder")
     agent.add_argument(
         "--agent-id",
         type=int,
@@ -229,6 +234,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     res.add_argument("--storage", help=STORAGE_HELP)
     res.add_argument("--runs", default="runs", help="runs folder of the default storage")
+    add_storage_retry(res)
     res.set_defaults(handler=_results_with_default_format)
 
     from endebias.cli.report import add_report_command

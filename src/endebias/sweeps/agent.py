@@ -254,10 +254,12 @@ def open_agent_study(
     """The sweep's definition and its study as an agent works on it: heartbeats and retries
     from the sweep file's settings, and the sampler and pruner rebuilt from it (Optuna does
     not store them), the sampler seeded for this agent."""
-    spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
+    spec = sweep_storage.sweep_spec(
+        sweep_storage.load_study(sweep_id, storage=storage, wait=storage_retry))
     settings = spec.optuna
     rdb = sweep_storage.open_storage(
         storage,
+        wait=storage_retry,
         heartbeat_interval=settings["heartbeat_interval"],
         grace_period=settings["grace_period"],
         max_retry=settings["max_retry"],

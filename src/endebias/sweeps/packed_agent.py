@@ -89,7 +89,8 @@ def run_packed_agent(
     agent), retrying storage calls for up to ``storage_retry`` seconds."""
     if pack < 1:
         raise ValueError(f"--pack must be >= 1, got {pack}")
-    spec = sweep_storage.sweep_spec(sweep_storage.load_study(sweep_id, storage=storage))
+    spec = sweep_storage.sweep_spec(
+        sweep_storage.load_study(sweep_id, storage=storage, wait=storage_retry))
     check_sweep_packs(spec)  # refused before any storage is opened for writing
     spec, study = open_agent_study(
         sweep_id, storage=storage, prune=prune, agent_id=agent_id, storage_retry=storage_retry

@@ -14,11 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
 from sqlalchemy import exc as sql_errors
 
+from endebias.sweeps import sqlite_file
 from endebias.sweeps.interrupts import held_interrupts
 from endebias.sweeps.urls import mask_url, scrub
 
@@ -101,10 +103,7 @@ class _Retrier:
                 waited = time.monotonic() - started
                 if waited + delay > self.limit:
                     with self.lock:
-                        self.dead = StorageUnavailable(
-                            f"sweep storage {mask_url(self.url)} unreachable for "
-                            f"{self.limit:g} s ({first_line(error, self.url)})"
-                        )
+                        self.dead = StorageUnavailable(self._gone(error, waited))
                     raise StorageUnavailable(str(self.dead)) from None
                 if not warned:
                     log.warning(
@@ -121,6 +120,13 @@ class _Retrier:
                     mask_url(self.url), time.monotonic() - started,
                 )
             return result
+
+    def _gone(self, error: BaseException, waited: float) -> str:
+        if self.url.startswith("sqlite:///") and sqlite_file.is_busy(error):
+            # Not unreachable: another process holds the file's lock; name it.
+            return sqlite_file.busy_message(Path(self.url.removeprefix("sqlite:///")), waited)
+        return (f"sweep storage {mask_url(self.url)} unreachable for {self.limit:g} s "
+                f"({first_line(error, self.url)})")
 
     def heartbeat(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """One try, never an exception: the heartbeat thread would print a traceback,

@@ -9,24 +9,26 @@ agent rebuilds both from it, each with its own sampler seed.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
 import secrets
 import socket
-import sqlite3
 import warnings
 import zlib
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import optuna
 import sqlalchemy
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
 
-from endebias.sweeps.retry import first_line
+from endebias.sweeps import sqlite_file
+from endebias.sweeps.retry import DEFAULT_RETRY_SECONDS, first_line
 from endebias.sweeps.search_space import SweepSpec, grid_search_space
 from endebias.sweeps.sweep_file import parse_sweep
 from endebias.sweeps.urls import encoding_hint, mask_url, scrub
@@ -55,11 +57,13 @@ def open_storage(
     grace_period: int | None = None,
     max_retry: int | None = None,
     create: bool = False,
+    wait: float = DEFAULT_RETRY_SECONDS,
 ) -> optuna.storages.RDBStorage:
     """RDB storage for ``url`` (``sqlite:///path`` or ``postgresql://...``). Only ``create``
     (``sweep create``) may make a new one: otherwise a missing or empty SQLite file, or a
     database without Optuna's tables, is "no sweep storage" and is left untouched, and a
-    damaged SQLite file is named as such.
+    damaged SQLite file is named as such. A file another process holds locked is waited
+    for, up to ``wait`` seconds (``--storage-retry``), then named with its holder.
 
     With ``heartbeat_interval``, a trial whose agent stops beating for ``grace_period``
     seconds is failed by the next agent and re-queued with the same parameters (up to
@@ -70,13 +74,16 @@ def open_storage(
     engine_kwargs: dict[str, Any] = {}
     shown = mask_url(url)
     url = _with_driver(url)
+    sqlite_path: Path | None = None
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            check_sqlite_file(Path(path), create=create)
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Several agents share one file: wait for the writer's lock instead of failing.
-        engine_kwargs["connect_args"] = {"timeout": 60}
+            sqlite_path = Path(path)
+            sqlite_file.check_study_file(sqlite_path, create=create, wait=wait)
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        # Several agents share one file: wait for the writer's lock instead of failing
+        # (a lock held longer is waited out by the retries, up to ``wait``).
+        engine_kwargs["connect_args"] = {"timeout": max(1.0, min(60.0, wait))}
     elif url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
@@ -95,10 +102,17 @@ def open_storage(
         try:
             if not create and not url.startswith("sqlite:"):
                 _check_has_sweeps(url, shown, engine_kwargs)
+            if sqlite_path is not None:
+                return sqlite_file.waiting_while_busy(
+                    lambda: optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine_kwargs, **heartbeat),
+                    path=sqlite_path, wait=wait)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except FileNotFoundError:
+        except (FileNotFoundError, sqlite_file.StorageBusy):
             raise
         except Exception as error:  # driver errors have many types; all mean the same here
+            if sqlite_path is not None:
+                raise RuntimeError(sqlite_file.describe(sqlite_path, error)) from None
             first = scrub(str(error), url).strip().splitlines()[0] if str(error) else ""
             raise RuntimeError(
                 f"cannot open sweep storage {shown}: {type(error).__name__}: {first}"
@@ -106,40 +120,7 @@ def open_storage(
             ) from None
 
 
-def check_sqlite_file(path: Path, *, create: bool) -> None:
-    """Refuse a missing or empty file (unless ``create``) and a damaged one, reading it
-    without writing a byte (no schema goes into a file that holds none)."""
-    if not path.exists() or path.stat().st_size == 0:
-        if create:
-            return
-        what = "an empty file" if path.exists() else "no such file"
-        raise FileNotFoundError(
-            f"no sweep storage at {path} ({what}): create a sweep first (endebias sweep "
-            "create FILE), or give --storage / --runs"
-        )
-    try:
-        # mode=rw never creates the file, yet may roll back a killed writer's journal.
-        uri = f"file:{quote(str(path))}?mode=rw"
-        with closing(sqlite3.connect(uri, uri=True, timeout=60)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
-    except sqlite3.DatabaseError as error:
-        raise RuntimeError(damaged(path, str(error))) from None
-    if problems != ["ok"]:
-        detail = "; ".join(line.strip("* ") for line in problems[0].splitlines())
-        raise RuntimeError(damaged(path, detail[:160]))
-    if "studies" not in tables and not create:
-        raise FileNotFoundError(
-            f"no sweep storage at {path}: an SQLite file without sweeps (no Optuna tables); "
-            "create a sweep first (endebias sweep create FILE)"
-        )
-
-
-def damaged(where: str | Path, detail: str) -> str:
-    return (
-        f"sweep storage {where} is damaged ({detail}): restore it from a copy; each trial's "
-        "records stay in its run folder (endebias results RUNS/SWEEP_ID reads them)"
-    )
+damaged = sqlite_file.damaged
 
 
 def _check_has_sweeps(url: str, shown: str, engine_kwargs: dict[str, Any]) -> None:
@@ -162,6 +143,9 @@ def storage_errors(url: str) -> Iterator[None]:
         yield
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
         detail = first_line(error, url)
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            raise RuntimeError(sqlite_file.describe(path, error)) from None
         if "malformed" in detail or "not a database" in detail:
             raise RuntimeError(damaged(mask_url(url), detail)) from None
         raise RuntimeError(f"sweep storage {mask_url(url)} failed: {detail}") from None
@@ -188,24 +172,61 @@ def new_sweep_id(spec: SweepSpec) -> str:
     return f"{slug}-{secrets.token_hex(3)}"
 
 
-def create_sweep(spec: SweepSpec, *, storage: str, sweep_id: str | None = None) -> str:
-    """Create the study for ``spec`` in ``storage`` and return its id (the study name)."""
+def create_sweep(spec: SweepSpec, *, storage: str, sweep_id: str | None = None,
+                 wait: float = DEFAULT_RETRY_SECONDS) -> str:
+    """Create the study for ``spec`` in ``storage`` and return its id (the study name).
+
+    The study and the sweep file's attributes are written in one transaction, so a
+    ``create`` killed midway leaves either no sweep or a whole one. A half-made sweep left
+    by an older version (a study with no definition and no trials) is completed.
+    """
     sweep_id = sweep_id or new_sweep_id(spec)
-    rdb = open_storage(storage, create=True)
-    try:
-        study = optuna.create_study(study_name=sweep_id, storage=rdb, direction="maximize")
-    except optuna.exceptions.DuplicatedStudyError:
-        raise ValueError(f"sweep {sweep_id!r} already exists in {mask_url(storage)}") from None
-    study.set_user_attr(SPEC_ATTR, spec.definition)
-    study.set_user_attr(SOURCE_ATTR, spec.source)
-    study.set_user_attr("name", spec.name)
+    rdb = open_storage(storage, create=True, wait=wait)
+    attrs = {SPEC_ATTR: spec.definition, SOURCE_ATTR: spec.source, "name": spec.name}
+    path = Path(storage.removeprefix("sqlite:///")) if storage.startswith("sqlite:") else None
+
+    def insert() -> None:
+        with _create_scoped_session(rdb.scoped_session) as session:
+            study = rdb_models.StudyModel(
+                study_name=sweep_id,
+                directions=[rdb_models.StudyDirectionModel(
+                    objective=0, direction=optuna.study.StudyDirection.MAXIMIZE)],
+            )
+            study.user_attributes = [
+                rdb_models.StudyUserAttributeModel(key=key, value_json=json.dumps(value))
+                for key, value in attrs.items()
+            ]
+            session.add(study)
+
+    with storage_errors(storage):
+        try:
+            if path is None:
+                insert()
+            else:
+                sqlite_file.waiting_while_busy(insert, path=path, wait=wait)
+        except sqlalchemy.exc.IntegrityError:
+            _complete_half_made(rdb, sweep_id, attrs, storage)
     return sweep_id
 
 
+def _complete_half_made(
+    rdb: optuna.storages.RDBStorage, sweep_id: str, attrs: dict[str, Any], storage: str
+) -> None:
+    """``sweep_id`` exists: complete it if a killed ``create`` left it without its
+    definition and no trial ever ran, else refuse."""
+    study_id = rdb.get_study_id_from_name(sweep_id)
+    if SPEC_ATTR in rdb.get_study_user_attrs(study_id) or rdb.get_n_trials(study_id):
+        raise ValueError(f"sweep {sweep_id!r} already exists in {mask_url(storage)}")
+    for key, value in attrs.items():
+        rdb.set_study_user_attr(study_id, key, value)
+    log.warning("sweep %s was half made (a stopped `sweep create`): completed it", sweep_id)
+
+
 def load_study(
-    sweep_id: str, *, storage: str | optuna.storages.RDBStorage, **kwargs: Any
+    sweep_id: str, *, storage: str | optuna.storages.RDBStorage,
+    wait: float = DEFAULT_RETRY_SECONDS, **kwargs: Any
 ) -> optuna.Study:
-    rdb = open_storage(storage) if isinstance(storage, str) else storage
+    rdb = open_storage(storage, wait=wait) if isinstance(storage, str) else storage
     try:
         return optuna.load_study(study_name=sweep_id, storage=rdb, **kwargs)
     except KeyError:
@@ -216,6 +237,12 @@ def load_study(
 
 def sweep_spec(study: optuna.Study) -> SweepSpec:
     definition = study.user_attrs.get(SPEC_ATTR)
+    if definition is None and not study.trials:
+        raise ValueError(
+            f"sweep {study.study_name!r} is half made (its `sweep create` was stopped before "
+            f"storing the sweep file): run `endebias sweep create FILE --id "
+            f"{study.study_name}` again to complete it"
+        )
     if definition is None:
         raise ValueError(f"study {study.study_name!r} was not created by `endebias sweep create`")
     source = study.user_attrs.get(SOURCE_ATTR, study.study_name)

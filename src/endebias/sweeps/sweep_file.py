@@ -92,6 +92,11 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SweepFileError(f"{path}: cannot read the sweep file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise SweepFileError(
+            f"{path}: not a text file (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start} is not UTF-8); a sweep file is YAML text"
+        ) from None
     try:
         mapping = load_yaml(text, source=str(path))
     except yaml.YAMLError as error:
