@@ -57,7 +57,8 @@ def test_closed_form_is_exact_for_unnormalised_features():
                                          rng.choice([-4, 0, 9], 128), normalize=False)
     features = 3 * features
     expected = pairwise_terms_loop(features, targets, biases)
-    np.testing.assert_allclose(floats(end_terms(features, targets, biases)), expected, atol=1e-10)
+    got = end_terms(features, targets, biases, normalize=False)
+    np.testing.assert_allclose(floats(got), expected, atol=1e-10)
 
 
 def test_pairwise_references_agree():  # the vectorised brute force checks the loop
@@ -78,7 +79,7 @@ def test_reference_mode_equals_official_loop(batch, conflicting, normalize):
     if not normalize:  # Gram entries beyond [-1, 1]: the official clamp matters here
         features = 2 * features
     expected = official_terms_loop(features, targets, biases)
-    got = floats(end_terms(features, targets, biases, pairs="reference"))
+    got = floats(end_terms(features, targets, biases, pairs="reference", normalize=False))
     np.testing.assert_allclose(got, expected, atol=1e-6)
     if normalize:  # DESIGN.md: the official disentangling term is the definition's
         assert got[0] == pytest.approx(pairwise_terms(features, targets, biases)[0], abs=1e-10)
@@ -184,10 +185,9 @@ def test_gradient_equals_autograd_of_the_definition(case):
         options = {"num_targets": 4, "num_biases": 3}
     if case == "reduced":
         options["reduce_group_sums"] = lambda sums: sums.clone()
-    got = torch.autograd.grad(
-        end_loss(features.requires_grad_(True), targets, biases, alpha=0.7, beta=1.9, **options),
-        features,
-    )[0]
+    loss = end_loss(features.requires_grad_(True), targets, biases, alpha=0.7, beta=1.9,
+                    normalize=False, **options)  # the definition's gradient, no projection
+    got = torch.autograd.grad(loss, features)[0]
     r_perp, r_par = pairwise_terms_torch(features, targets, biases)
     expected = torch.autograd.grad(0.7 * r_perp + 1.9 * r_par, features)[0]
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-9)
@@ -278,7 +278,7 @@ def test_module_validates_pairs_and_equals_function():
         EnDLoss(pairs="upper")
     batch = _valid()
     for pairs in ("all", "reference"):
-        module = EnDLoss(0.3, 2.0, pairs=pairs, num_targets=2, num_biases=4)
+        module = EnDLoss(alpha=0.3, beta=2.0, pairs=pairs, num_targets=2, num_biases=4)
         expected = end_loss(**batch, alpha=0.3, beta=2.0, pairs=pairs, num_targets=2, num_biases=4)
         assert module(**batch).item() == expected.item()
 

@@ -51,6 +51,7 @@ class EnD(Method):
             targets,
             biases,
             pairs=self.pairs,
+            normalize=False,  # the models end the feature layer with L2Normalize
             num_targets=self.num_targets,
             num_biases=self.num_biases,
             reduce_group_sums=self.reduce_group_sums,
