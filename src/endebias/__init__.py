@@ -4,28 +4,42 @@ The loss API is imported lazily, so that the torch-free parts (``endebias.report
 ``endebias.report.plots``) load without torch.
 """
 
-from __future__ import annotations
+import importlib as _importlib
+import typing as _typing
 
-from importlib import import_module
-from typing import Any
-
-__all__ = ["EnDLoss", "L2Normalize", "capture_features", "end_loss", "end_terms"]
+__all__ = [
+    "CapturedFeatures",
+    "EnDLoss",
+    "EnDTerms",
+    "L2Normalize",
+    "capture_features",
+    "end_loss",
+    "end_terms",
+]
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "EnDLoss": "endebias.regularizer",
+    "EnDTerms": "endebias.regularizer",
     "end_loss": "endebias.regularizer",
     "end_terms": "endebias.regularizer",
+    "CapturedFeatures": "endebias.hooks",
     "L2Normalize": "endebias.hooks",
     "capture_features": "endebias.hooks",
 }
 
+if _typing.TYPE_CHECKING:  # type checkers see the lazy names as ordinary imports
+    from endebias.hooks import CapturedFeatures, L2Normalize, capture_features
+    from endebias.regularizer import EnDLoss, EnDTerms, end_loss, end_terms
 
-def __getattr__(name: str) -> Any:
+
+def __getattr__(name: str) -> _typing.Any:
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        return getattr(_importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'endebias' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    # The public API only: not the subpackages that importing them sets as attributes
+    # (cli, training, ...), nor this module's helpers.
+    return sorted([*__all__, "__version__"])
