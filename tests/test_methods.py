@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,9 @@ def _build(name: str, seed: int, benchmark, **options):
         num_biases=benchmark.num_biases,
         train_targets=benchmark.train.targets,
         train_biases=benchmark.train.biases,
+        input_shape=benchmark.input_shape,
+        build_network=partial(build_model, num_classes=benchmark.num_targets,
+                              input_shape=benchmark.input_shape),
         **options,
     )
 

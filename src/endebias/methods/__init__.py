@@ -4,7 +4,8 @@ A method wraps a model and defines the training loss; the trainer calls
 ``training_step`` and ``forward`` and never branches on a method's name::
 
     method = build_method(name, model=model, num_targets=T, num_biases=C,
-                          train_targets=..., train_biases=..., **hyperparameters)
+                          train_targets=..., train_biases=..., input_shape=...,
+                          build_network=..., **hyperparameters)
     loss, logits, parts = method.training_step(inputs, targets, biases, indices)
 
 ``parts`` holds named 0-d loss components (``ce``, ``r_perp``...) for logging. A method is
@@ -59,11 +60,19 @@ class Method(nn.Module):
         num_biases: int,
         train_targets: Tensor,
         train_biases: Tensor,
+        input_shape: tuple[int, ...] | None = None,
+        build_network: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.num_targets = num_targets
         self.num_biases = num_biases
+        # For methods that build a network of their own (a bias-only branch): the shape of
+        # one input, and ``build_network(name, **options)``, a registered model made for
+        # this run's inputs and classes. The caller (the trainer) passes the builder, so
+        # that methods never import the models package.
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.build_network = build_network
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits used for evaluation."""
@@ -95,6 +104,8 @@ def build_method(
     num_biases: int,
     train_targets: Tensor,
     train_biases: Tensor,
+    input_shape: tuple[int, ...] | None = None,
+    build_network: Callable[..., nn.Module] | None = None,
     **hyperparameters: Any,
 ) -> Method:
     cls = method_class(name)
@@ -109,9 +120,20 @@ def build_method(
         num_biases=num_biases,
         train_targets=train_targets,
         train_biases=train_biases,
+        input_shape=input_shape,
+        build_network=build_network,
         **options,
     )
 
 
 # Register the built-in methods.
-from endebias.methods import biasbal, end, gce, groupdro, lff, vanilla  # noqa: E402,F401
+from endebias.methods import (  # noqa: E402,F401
+    biasbal,
+    end,
+    gce,
+    groupdro,
+    learned_mixin,
+    lff,
+    rubi,
+    vanilla,
+)

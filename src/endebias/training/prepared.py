@@ -66,6 +66,9 @@ def build_run_method(config: TrainConfig, benchmark: Benchmark) -> Method:
         num_biases=benchmark.num_biases,
         train_targets=benchmark.train.targets,
         train_biases=benchmark.train.biases,
+        input_shape=benchmark.input_shape,
+        build_network=partial(build_model, num_classes=benchmark.num_targets,
+                              input_shape=benchmark.input_shape),
         **config.method_options,
     )
 

@@ -7,12 +7,14 @@ refused in one line before any agent starts (not by each agent dying on a bad dr
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from endebias.data import check_dataset_options
 from endebias.methods import build_method
-from endebias.models import check_model_options
+from endebias.models import build_model, check_model_options
 from endebias.training.config import TrainConfig
 
 
@@ -27,7 +29,8 @@ class _StandInModel(nn.Module):
         self.fc = nn.Linear(2, 2)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(inputs))
+        # Any input shape: methods that size a head by the features run it once.
+        return self.fc(self.features(inputs.flatten(1)[:, :2]))
 
     def reset_parameters(self) -> None:  # methods with a twin model (LfF) call this
         self.fc.reset_parameters()
@@ -45,6 +48,10 @@ def check_method_options(method: str, options: dict) -> None:
             num_biases=2,
             train_targets=two,
             train_biases=two.flip(0),
+            # A stand-in image: a bias-only network (RUBi, ReBias...) is built for it, so
+            # its options are checked too; its fit to the real inputs is checked at run time.
+            input_shape=(3, 8, 8),
+            build_network=partial(build_model, num_classes=2, input_shape=(3, 8, 8)),
             **options,
         )
     except TypeError as error:  # e.g. '<' between str and float: a value of the wrong type
