@@ -32,4 +32,7 @@ def test_the_package_is_marked_typed():  # PEP 561: without it type checkers ski
     marker = resources.files("endebias") / "py.typed"
     assert marker.is_file()
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert 'endebias = ["py.typed"]' in pyproject  # shipped in the wheel too
+    assert 'endebias = ["py.typed", "*.pyi"]' in pyproject  # shipped in the wheel too
+    stub = (resources.files("endebias") / "__init__.pyi").read_text()
+    for name in (name for name in PUBLIC if name != "__version__"):  # the lazy names,
+        assert f"import {name} as {name}" in stub  # as imports a type checker can follow

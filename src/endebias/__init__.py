@@ -1,7 +1,8 @@
 """endebias: train neural networks that ignore a known bias (EnD, CVPR 2021).
 
 The loss API is imported lazily, so that the torch-free parts (``endebias.report.results``,
-``endebias.report.plots``) load without torch.
+``endebias.report.plots``) load without torch; ``__init__.pyi`` gives type checkers the
+same names as ordinary imports.
 """
 
 import importlib as _importlib
@@ -27,11 +28,6 @@ _EXPORTS = {
     "L2Normalize": "endebias.hooks",
     "capture_features": "endebias.hooks",
 }
-
-if _typing.TYPE_CHECKING:  # type checkers see the lazy names as ordinary imports
-    from endebias.hooks import CapturedFeatures, L2Normalize, capture_features
-    from endebias.regularizer import EnDLoss, EnDTerms, end_loss, end_terms
-
 
 def __getattr__(name: str) -> _typing.Any:
     if name in _EXPORTS:
