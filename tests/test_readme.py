@@ -228,6 +228,20 @@ def test_readme_block_runs(block: list[str], tmp_path: Path) -> None:
     if done.returncode != 0:
         pytest.fail(f"README block failed (exit {done.returncode}):\n{script}\n"
                     f"--- output (last 3000 characters) ---\n{(done.stdout + done.stderr)[-3000:]}")
+    left = unignored_outputs(checkout)
+    assert not left, f"README block left {left} in the checkout, which git does not ignore"
+
+
+def unignored_outputs(checkout: Path) -> list[str]:
+    """What a block wrote into its checkout that the repository's .gitignore does not
+    ignore (a user following the README would find it in `git status`)."""
+    written = [entry.name + ("/" if entry.is_dir() else "") for entry in checkout.iterdir()
+               if entry.name not in INPUTS]
+    if not written:
+        return []
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *written],
+                             capture_output=True, text=True).stdout.split()
+    return sorted(set(written) - set(ignored))
 
 
 def test_activate_puts_endebias_on_path() -> None:

@@ -93,3 +93,17 @@ def test_a_subcommand_without_a_rule_is_refused_by_name(capsys) -> None:
         readme_tiny.rewrite(["serve", "--port", "80"])
     assert info.value.code == 3
     assert "no rule to run `endebias serve`" in capsys.readouterr().err
+
+
+def test_readme_names_every_registered_method_and_dataset() -> None:
+    """`endebias train --help` lists the registered names; the README's lists must too."""
+    from endebias.data import dataset_names
+    from endebias.methods import method_names
+
+    text = test_readme.README.read_text()
+    lists = {"Methods (`--method`)": method_names(), "Benchmarks (`--dataset`)": dataset_names()}
+    for heading, names in lists.items():
+        start = text.index(heading)
+        bullet = text[start:text.index("\n* ", start)]
+        missing = [name for name in names if f"`{name}`" not in bullet]
+        assert not missing, f"README's {heading} list misses {missing}"

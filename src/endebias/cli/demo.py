@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from endebias.cli.options import existing_folder
+
 # EnD's weights for the quick preset (chosen on valid accuracy, see docs/results.md).
 DEMO_END_OPTIONS = {"alpha": 1.0, "beta": 1.0}
 DEMO_PRESET = "quick"
@@ -18,8 +20,8 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
         "folder reuses finished runs (default: %(default)s)",
     )
     parser.add_argument(
-        "--data-dir",
-        help="folder holding MNIST (default: $ENDEBIAS_DATA, else ~/.cache/endebias, "
+        "--data-dir", type=existing_folder,
+        help="an existing folder holding MNIST (default: $ENDEBIAS_DATA, else ~/.cache/endebias, "
         "downloading there when missing)",
     )
     parser.add_argument(

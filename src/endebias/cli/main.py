@@ -14,10 +14,13 @@ from endebias.cli import help_text
 from endebias.cli import sweep as cli_sweep
 from endebias.cli.demo import add_demo_options
 from endebias.cli.options import (
+    Parser,
     add_bias_label_options,
     add_tracking_options,
     bias_label_overrides,
+    existing_folder,
     key_value,
+    remember_parsers,
     train_mirror,
 )
 from endebias.training import records
@@ -111,7 +114,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="save the feature layer's outputs of N test images every epoch",
     )
     parser.add_argument(
-        "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
+        "--data-dir", type=existing_folder,
+        help="an existing data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)",
     )
     add_bias_label_options(parser)  # --bias-labels given|pseudo, --pseudo-option
 
@@ -217,9 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="endebias", description=help_text.DESCRIPTION, epilog=help_text.EPILOG
-    )
+    parser = Parser(prog="endebias", description=help_text.DESCRIPTION, epilog=help_text.EPILOG)
     parser.add_argument("--version", action="version", version=help_text.version_text())
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_options(demo)
     demo.set_defaults(handler=cmd_demo)
     cli_sweep.add_commands(commands)  # sweep create/agent, results, plot features
+    remember_parsers(parser)
     return parser
 
 
@@ -251,7 +254,9 @@ def describe_os_error(error: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # with the usage of the (sub)command that was given them
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

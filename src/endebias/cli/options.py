@@ -80,3 +80,32 @@ def train_mirror(
     tracking.require_trackers(wandb_project=args.wandb, tensorboard=args.tensorboard)
     return tracking.run_mirror(run_dir, config=config, name=Path(run_dir).name,
                                wandb_project=args.wandb, tensorboard=args.tensorboard)
+
+
+def existing_folder(text: str) -> str:
+    """An argparse ``type`` for ``--data-dir``: a folder that exists. A missing one is named
+    at once, rather than created and filled by downloads (or reported as missing files)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        reason = "is not a folder" if path.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text} {reason}")
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """The command line's parser: options are never matched by prefix (``--epoch 1`` is an
+    error, not ``--epochs 1``). Subcommands inherit the class through ``add_subparsers``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Record in every (sub)command's defaults the parser that reads it, so an unknown
+    option is reported with the usage of the command it was given to, not the top one."""
+    parser.set_defaults(command_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                remember_parsers(child)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from endebias.cli.options import STORAGE_HELP, add_tracking_options
+from endebias.cli.options import STORAGE_HELP, add_tracking_options, existing_folder
 
 log = logging.getLogger("endebias")
 
@@ -191,7 +191,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="runs folder; trials train into RUNS/<sweep id>/<config hash> (default: %(default)s)",
     )
     agent.add_argument(
-        "--data-dir", help="data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)"
+        "--data-dir", type=existing_folder,
+        help="an existing data folder (default: $ENDEBIAS_DATA, ~/.cache/endebias)",
     )
     add_storage_retry(agent, "; the trial's finished epochs stay in its run folder")
     agent.add_argument(

@@ -132,6 +132,8 @@ def build_image_folder(
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image-folder: image_size must be an integer >= 8, got {image_size!r}")
     folder = _folder(root, data_dir)
+    if not folder.is_dir():  # else the CSV's "no such file" hides the real culprit
+        raise ValueError(f"image-folder: the image root {folder} is not an existing folder")
     table = read_table(_csv_path(csv, folder))
     paths = table.column(PATH_COLUMN, "path")
     targets, target_names = table.categories(target, "target")
