@@ -109,3 +109,24 @@ def remember_parsers(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 remember_parsers(child)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def add_storage_retry(parser: argparse.ArgumentParser, kept: str = "") -> None:
+    parser.add_argument(
+        "--storage-retry",
+        type=_seconds,
+        default=120.0,
+        metavar="SECONDS",
+        help="when the storage is unreachable or locked by another process, at start-up "
+        f"too, retry (with backoff) this long before stopping{kept} (default: %(default)g)",
+    )

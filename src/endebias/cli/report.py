@@ -44,7 +44,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_report_command(commands: argparse._SubParsersAction) -> None:
-    from endebias.cli.sweep import add_storage_retry
+    from endebias.cli.options import add_storage_retry
 
     report = commands.add_parser(
         "report",

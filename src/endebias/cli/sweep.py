@@ -7,7 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from endebias.cli.options import STORAGE_HELP, add_tracking_options, existing_folder
+from endebias.cli.options import (
+    STORAGE_HELP,
+    add_storage_retry,
+    add_tracking_options,
+    existing_folder,
+)
 
 log = logging.getLogger("endebias")
 
@@ -21,27 +26,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
-
-
-def add_storage_retry(parser: argparse.ArgumentParser, kept: str = "") -> None:
-    parser.add_argument(
-        "--storage-retry",
-        type=_seconds,
-        default=120.0,
-        metavar="SECONDS",
-        help="when the storage is unreachable or locked by another process, at start-up "
-        f"too, retry (with backoff) this long before stopping{kept} (default: %(default)g)",
-    )
 
 
 def cmd_sweep_create(args: argparse.Namespace) -> int:
