@@ -28,6 +28,31 @@ from endebias.methods import Method, register_method
 from endebias.metrics import group_counts
 
 
+def log_bias_prior(
+    train_targets: Tensor, train_biases: Tensor, *, num_targets: int, num_biases: int,
+    smoothing: float,
+) -> Tensor:
+    """``log prior[y, b]`` (T, B) as above, float32; refuses a smoothing that is not > 0."""
+    if not (math.isfinite(smoothing) and smoothing > 0):
+        raise ValueError(
+            f"smoothing must be a finite number > 0 (empty groups would get log 0), "
+            f"got {smoothing!r}"
+        )
+    counts = group_counts(
+        train_targets, train_targets, train_biases,
+        num_targets=num_targets, num_biases=num_biases,
+    )[0].double().cpu()
+    totals = counts.sum(dim=1, keepdim=True)
+    prior = (counts + smoothing) / (totals + smoothing * num_biases)
+    return prior.log().float()
+
+
+def adjust_logits(logits: Tensor, log_prior: Tensor, biases: Tensor) -> Tensor:
+    """``logits[i, y] + log prior[y, biases[i]]``, in float32: under bf16 autocast a
+    log-prior near -15 would otherwise be rounded to a multiple of 1/16."""
+    return logits.float() + log_prior[:, biases].T
+
+
 @register_method("biasbal")
 class BiasBalancedSoftmax(Method):
     defaults = {"smoothing": 1e-3}
@@ -48,28 +73,16 @@ class BiasBalancedSoftmax(Method):
         **common,
     ) -> None:
         super().__init__(model, train_targets=train_targets, train_biases=train_biases, **common)
-        if not (math.isfinite(smoothing) and smoothing > 0):
-            raise ValueError(
-                f"smoothing must be a finite number > 0 (empty groups would get log 0), "
-                f"got {smoothing!r}"
-            )
         self.smoothing = float(smoothing)
-        counts = group_counts(
-            train_targets,
-            train_targets,
-            train_biases,
-            num_targets=self.num_targets,
-            num_biases=self.num_biases,
-        )[0].double().cpu()
-        totals = counts.sum(dim=1, keepdim=True)
-        prior = (counts + smoothing) / (totals + smoothing * self.num_biases)
+        prior = log_bias_prior(
+            train_targets, train_biases, num_targets=self.num_targets,
+            num_biases=self.num_biases, smoothing=self.smoothing,
+        )
         # (T, B); derived from the constructor's arguments, so not part of the checkpoint.
-        self.register_buffer("log_prior", prior.log().float(), persistent=False)
+        self.register_buffer("log_prior", prior, persistent=False)
 
     def adjust(self, logits: Tensor, biases: Tensor) -> Tensor:
-        """``logits[i, y] + log prior[y, biases[i]]``, in float32: under bf16 autocast a
-        log-prior near -15 would otherwise be rounded to a multiple of 1/16."""
-        return logits.float() + self.log_prior[:, biases].T
+        return adjust_logits(logits, self.log_prior, biases)
 
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
