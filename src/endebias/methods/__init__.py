@@ -129,11 +129,16 @@ def build_method(
 # Register the built-in methods.
 from endebias.methods import (  # noqa: E402,F401
     biasbal,
+    biascon,
+    di,
     end,
+    fairkl,
     gce,
     groupdro,
     learned_mixin,
     lff,
+    lnl,
     rubi,
+    sd,
     vanilla,
 )
