@@ -39,7 +39,8 @@ def forward_reading_features(
         captured.append(output)
         return output.detach() if detach_classifier else None
 
-    handle = find_layer(model, layer).register_forward_hook(hook)
+    _, module = find_layer(model, layer)
+    handle = module.register_forward_hook(hook)
     try:
         logits = model(inputs)
     finally:
