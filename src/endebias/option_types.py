@@ -26,7 +26,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        # An alias can make a value that contains itself, which every check then
+        # follows for ever; an option's value is short enough to write out instead.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(value, yaml.SafeLoader)):
+            raise ValueError(f"{text!r}: YAML aliases (*name) are not allowed in an option value")
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        problem = ", ".join(
+            str(part) for part in (getattr(error, "context", None),
+                                   getattr(error, "problem", None)) if part
+        ) or str(error).splitlines()[0]
+        raise ValueError(f"{text!r} is not a valid YAML value ({problem})") from None
 
 
 def describe(hint: Any) -> str:

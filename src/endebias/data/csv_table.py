@@ -50,6 +50,12 @@ class Table:
                     f"{self.path}: {role} column {name!r} must be numeric; line "
                     f"{self.lines[index]} has {text!r}"
                 )
+            if abs(number) > FLOAT32_MAX:  # its square overflows the standardisation
+                raise TableError(
+                    f"{self.path}: {role} column {name!r}: line {self.lines[index]} has "
+                    f"{text!r}, beyond the range of the 32-bit floats features are trained "
+                    f"in (±{FLOAT32_MAX:.3g})"
+                )
             values[index] = number
         return values
 
@@ -66,6 +72,9 @@ class Table:
             names.sort(key=float)
         lookup = {category: code for code, category in enumerate(names)}
         return np.array([lookup[v] for v in values], dtype=np.int64), names
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def read_table(path: str | Path) -> Table:

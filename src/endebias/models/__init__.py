@@ -31,6 +31,14 @@ def init_conv_and_norm(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def check_widths(model: str, name: str, widths: Any) -> None:
+    """A list of layer widths: non-empty, each a positive integer."""
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or w < 1]
+    if not widths or bad:
+        raise ValueError(f"model {model!r}: option {name} must be a non-empty list of positive "
+                         f"widths, got {list(widths)!r}")
+
+
 def build_model(
     name: str, *, num_classes: int, input_shape: tuple[int, ...], **options: Any
 ) -> nn.Module:

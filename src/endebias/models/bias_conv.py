@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from endebias.models import init_conv_and_norm, register_model
+from endebias.models import check_widths, init_conv_and_norm, register_model
 
 
 class BiasCapturingConvNet(nn.Module):
@@ -33,10 +33,7 @@ class BiasCapturingConvNet(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128),
     ) -> None:
         super().__init__()
-        bad = [w for w in channels if isinstance(w, bool) or not isinstance(w, int) or w < 1]
-        if not channels or bad:
-            raise ValueError(f"channels must be a non-empty list of positive widths, got "
-                             f"{list(channels)!r}")
+        check_widths("bias-conv", "channels", channels)
         layers: list[nn.Module] = []
         previous = in_channels
         for width in channels:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from endebias.hooks import L2Normalize
-from endebias.models import register_model
+from endebias.models import check_widths, register_model
 
 
 class MLP(nn.Module):
@@ -27,9 +27,7 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        bad = [w for w in hidden if isinstance(w, bool) or not isinstance(w, int) or w < 1]
-        if not hidden or bad:
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {hidden!r}")
+        check_widths("mlp", "hidden", hidden)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = []

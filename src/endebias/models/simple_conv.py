@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from endebias.hooks import L2Normalize
-from endebias.models import init_conv_and_norm, register_model
+from endebias.models import check_widths, init_conv_and_norm, register_model
 
 
 class SimpleConvNet(nn.Module):
@@ -43,8 +43,10 @@ class SimpleConvNet(nn.Module):
                 f"normalize_features must be true or false, got {normalize_features!r}"
             )
         self.normalize_features = normalize_features
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd to keep the image size, got {kernel_size}")
+        check_widths("simple-conv", "channels", channels)
+        if kernel_size % 2 != 1 or kernel_size < 1:
+            raise ValueError(f"kernel_size must be odd and positive to keep the image size, got "
+                             f"{kernel_size}")
         layers: list[nn.Module] = []
         previous = in_channels
         for index, width in enumerate(channels):

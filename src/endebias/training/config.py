@@ -22,6 +22,13 @@ def check_switch(name: str, value: Any) -> str:
     return value
 
 
+# Bounds that only stop nonsense: a count beyond this would run until killed (an epoch
+# takes seconds at least), and torch's generators take 64-bit seeds (numpy's 63 bits).
+MAX_COUNT = 1_000_000
+MAX_SEED = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a run; recorded as the run's ``config.json``."""
@@ -63,6 +70,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_COUNT:
+                raise ValueError(f"{name} must be at most {MAX_COUNT:,}, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not (
+                0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
         if not isinstance(self.save_features, int) or self.save_features < 0:
             raise ValueError(f"save_features must be an integer >= 0, got {self.save_features!r}")
         for name in ("train_subset", "eval_subset"):
@@ -77,6 +89,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if abs(value) > FLOAT32_MAX:  # the optimiser holds it as a 32-bit float
+                raise ValueError(f"{name} must be at most {FLOAT32_MAX:.3g} (the largest "
+                                 f"32-bit float), got {value!r}")
         for name in ("dataset_options", "model_options", "method_options"):
             _check_finite(name, getattr(self, name))
         if not self.lr > 0:
