@@ -101,3 +101,15 @@ def test_the_official_flags_parse_as_ours():
                     "--batch_size", "128", "--preset", "paper")
     assert (config.method, config.batch_size, config.weight_decay) == ("end", 128, 1e-4)
     assert config.method_options == {"alpha": 0.1, "beta": 0.1, "pairs": "reference"}
+
+
+def test_the_official_command_means_the_official_run():
+    """`--local --alpha 0.1 --beta 0.1`, typed as the official README has it, is the
+    paper's protocol (the official code has no other); an explicit --preset still wins."""
+    official = parsed("--local", "--alpha", "0.1", "--beta", "0.1")
+    assert official == make_config("paper", method="end", method_options={"alpha": 0.1,
+                                                                         "beta": 0.1})
+    assert (official.preset, official.epochs, official.model_options["kernel_size"]) == (
+        "paper", 80, 7)
+    assert parsed("--alpha", "0.1", "--beta", "0.1").preset == "quick"  # our default
+    assert parsed("--local", "--preset", "quick").preset == "quick"

@@ -159,6 +159,18 @@ def test_any_train_option_and_method_or_dataset_options_find_their_place():
     assert (config.train_subset, config.eval_subset, config.lr) == (100, 50, 0.01)
 
 
+def test_a_sweep_file_may_carry_the_official_local_flag():
+    spec = parse_sweep(base(alpha={"min": 0.0, "max": 1.0}, local={"value": True}),
+                       source="official.yaml")
+    preset, overrides = spec.overrides({"alpha": 0.5})
+    assert preset == "paper" and "local" not in overrides
+    assert make_config(preset, **overrides) == make_config(
+        "paper", method="end", method_options={"alpha": 0.5})
+    for bad in ({"value": 3}, {"values": [True, False]}):
+        with pytest.raises(SweepFileError, match="parameters.local: the official CLI's flag"):
+            parse_sweep(base(alpha={"value": 1}, local=bad), source="bad.yaml")
+
+
 M = "method: bayes\n"
 P = M + "parameters: "
 OK = "\nparameters: {alpha: {value: 1}}"

@@ -68,11 +68,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--preset",
-        default="quick",
         choices=["paper", "quick"],
         help="paper: the exact protocol of docs/design.md (meant for a GPU); quick: minutes "
-        "on CPU (default: %(default)s). Each preset carries its own EnD weights: see "
-        "docs/methods.md",
+        "on CPU (default: quick, or paper with --local). Each preset carries its own EnD "
+        "weights: see docs/methods.md",
     )
     parser.add_argument("--epochs", type=int, help=f"(default: {_preset_default('epochs')})")
     # The underscore spellings are the official EnD code's, so its commands run unchanged.
@@ -87,8 +86,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--local", action="store_true",
-        help="accepted for the official code's commands (its flag to skip W&B); runs here "
-        "are local unless --wandb is given",
+        help="the official code's flag (there: no W&B), so that its command trains its run: "
+        "the paper preset unless --preset says otherwise; runs here are local unless "
+        "--wandb is given",
     )
     parser.add_argument("--seed", type=int, help="(default: 42)")
     parser.add_argument("--train-subset", type=int, help="train on this many images only")
@@ -161,7 +161,9 @@ def config_from_args(args: argparse.Namespace):
     overrides["method_options"] = method_options
     overrides["model_options"] = dict(args.model_option)
     overrides.update(bias_label_overrides(args))
-    return make_config(args.preset, **overrides)
+    # The official code has one protocol, the paper's: its command (--local) means that.
+    preset = args.preset or ("paper" if args.local else "quick")
+    return make_config(preset, **overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -90,6 +90,9 @@ class SweepSpec:
             **{p.name: p.value for p in self.parameters.values() if constants and not p.searched},
             **sampled,
         }
+        # The official CLI's `local` flag: the paper preset, which a file without a preset
+        # runs anyway (place_parameters allows it as a constant true or false only).
+        values.pop("local", None)
         preset = values.pop("preset", "paper")
         for name, value in values.items():
             home = self.parameters[name].home
@@ -122,8 +125,13 @@ def place_parameters(spec: SweepSpec, fail: Fail) -> None:
         raise fail("parameters", str(error)) from None
     for name, parameter in list(spec.parameters.items()):
         head, _, tail = name.partition(".")
-        if name in fields:
+        if name == "local":
+            if parameter.searched or not isinstance(parameter.value, bool):
+                raise fail(f"parameters.{name}", "the official CLI's flag: a constant true or "
+                           f"false (it means the paper preset), got {parameter.value!r}")
             home: tuple[str, ...] = (name,)
+        elif name in fields:
+            home = (name,)
         elif head in NESTED and tail:
             home = (head, tail)
         elif name in SHORTCUTS:
