@@ -69,6 +69,7 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
             storage_retry=args.storage_retry,
             wandb_project=args.wandb,
             tensorboard=args.tensorboard,
+            budget=_budget(args),
         )
     except KeyboardInterrupt:
         print(
@@ -81,6 +82,12 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
     return 0 if result.complete or not result.failed else 1
 
 
+def _budget(args: argparse.Namespace) -> dict[str, int]:
+    """The agent's --epochs/--train-subset/--eval-subset that were given."""
+    names = ("epochs", "train_subset", "eval_subset")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def _packed_agent(args: argparse.Namespace) -> int:
     from endebias.sweeps.packed_agent import run_packed_agent
     from endebias.sweeps.storage import default_storage
@@ -91,7 +98,7 @@ def _packed_agent(args: argparse.Namespace) -> int:
         result = run_packed_agent(
             args.id, pack=args.pack, storage=args.storage or default_storage(args.runs),
             runs_dir=args.runs, count=args.count, prune=args.prune, data_dir=args.data_dir,
-            agent_id=args.agent_id, storage_retry=args.storage_retry,
+            agent_id=args.agent_id, storage_retry=args.storage_retry, budget=_budget(args),
         )
     except KeyboardInterrupt:
         print("interrupted: the packed trials are back in the queue; the next agent resumes "
@@ -185,6 +192,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="added to the file's optuna.seed for this "
         "agent's sampler (default: from host name and process id)",
     )
+    budget = agent.add_argument_group(
+        "budget (as train's; replaces the sweep file's value in every trial's config)")
+    budget.add_argument("--epochs", type=positive_int, help="epochs of every trial")
+    budget.add_argument("--train-subset", type=positive_int, metavar="N",
+                        help="train every trial on N images only")
+    budget.add_argument("--eval-subset", type=positive_int, metavar="N",
+                        help="evaluate every trial on N images per split")
     add_tracking_options(agent)  # --wandb PROJECT, --tensorboard
     agent.add_argument(
         "--pack",

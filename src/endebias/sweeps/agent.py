@@ -287,15 +287,18 @@ def run_agent(
     wandb_project: str | None = None,
     tensorboard: bool = False,
     storage_retry: float = DEFAULT_RETRY_SECONDS,
+    budget: dict[str, int] | None = None,
 ) -> AgentResult:
     """Run trials of ``sweep_id`` until ``count`` are done or the sweep has its run cap
     (then first re-run any trial of a killed agent), retrying storage calls for up to
-    ``storage_retry`` seconds while the database is unreachable."""
+    ``storage_retry`` seconds while the database is unreachable. ``budget`` (epochs,
+    train_subset, eval_subset) replaces the sweep's values in every trial's config."""
     from endebias.training.fit import NonFiniteLossError
 
     spec, study = open_agent_study(
         sweep_id, storage=storage, prune=prune, agent_id=agent_id, storage_retry=storage_retry
     )
+    spec = spec.with_budget(budget)
     settings = spec.optuna
     objective = Objective(
         spec,

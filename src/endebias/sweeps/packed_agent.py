@@ -83,18 +83,22 @@ def run_packed_agent(
     data_dir: str | None = None,
     agent_id: int | None = None,
     storage_retry: float = DEFAULT_RETRY_SECONDS,
+    budget: dict[str, int] | None = None,
 ) -> AgentResult:
     """Run trials of ``sweep_id``, up to ``pack`` at a time, until ``count`` are done or the
     sweep has its run cap (then, as the solo agent, first re-run any trial of a killed
-    agent), retrying storage calls for up to ``storage_retry`` seconds."""
+    agent), retrying storage calls for up to ``storage_retry`` seconds. ``budget`` as
+    :func:`endebias.sweeps.agent.run_agent`'s."""
     if pack < 1:
         raise ValueError(f"--pack must be >= 1, got {pack}")
     spec = sweep_storage.sweep_spec(
-        sweep_storage.load_study(sweep_id, storage=storage, wait=storage_retry))
+        sweep_storage.load_study(sweep_id, storage=storage, wait=storage_retry)
+    ).with_budget(budget)
     check_sweep_packs(spec)  # refused before any storage is opened for writing
     spec, study = open_agent_study(
         sweep_id, storage=storage, prune=prune, agent_id=agent_id, storage_retry=storage_retry
     )
+    spec = spec.with_budget(budget)
     settings = spec.optuna
     objective = Objective(spec, sweep_id=sweep_id, runs_dir=Path(runs_dir), data_dir=data_dir,
                           progress=False)

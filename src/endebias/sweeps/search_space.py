@@ -79,6 +79,12 @@ class SweepSpec:
     metric: str = "valid_acc"
     goal: str = "maximize"
     constants: dict[str, Any] = field(default_factory=dict)
+    # An agent's own budget (``sweep agent --epochs/--train-subset/--eval-subset``), over
+    # every trial's values, so that each trial's config records what it trained.
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def with_budget(self, budget: dict[str, Any] | None) -> SweepSpec:
+        return dataclasses.replace(self, budget=dict(budget or {}))
 
     def overrides(
         self, sampled: dict[str, Any], *, constants: bool = True
@@ -100,6 +106,8 @@ class SweepSpec:
                 overrides[home[0]] = value
             else:
                 overrides.setdefault(home[0], {})[home[1]] = value
+        if constants:
+            overrides.update(self.budget)
         return preset, overrides
 
     def grid_size(self) -> int | None:
