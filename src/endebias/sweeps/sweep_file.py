@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from endebias.sweeps.safe_yaml import load_yaml
+from endebias.sweeps.safe_yaml import check_size, load_yaml
 from endebias.sweeps.search_space import (
     Parameter,
     SweepFileError,
@@ -89,6 +89,8 @@ def coerce_number(value: Any) -> Any:
 def load_sweep_file(path: str | Path) -> SweepSpec:
     path = Path(path)
     try:
+        if path.is_file():  # before reading: a huge file is refused by its size alone
+            check_size(path.stat().st_size, source=str(path))
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SweepFileError(f"{path}: cannot read the sweep file ({error.strerror})") from None
