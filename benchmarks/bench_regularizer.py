@@ -13,12 +13,16 @@ Labels follow Biased MNIST (docs/design.md section 3) at rho = 0.99: 10 targets,
 
     .venv/bin/python benchmarks/bench_regularizer.py            # full table + model step
     .venv/bin/python benchmarks/bench_regularizer.py --quick    # B <= 256, about 20 s
+    .venv/bin/python benchmarks/bench_regularizer.py --against OLD/regularizer.py
+        # this closed form against another version's (a regularizer.py that imports only
+        # torch), side by side in one process: a change's cost without the loop
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import platform
 import statistics
 import sys
@@ -83,8 +87,11 @@ def check_baseline() -> None:
 
 
 def closed_form_loss(features: Tensor, targets: Tensor, biases: Tensor) -> Tensor:
+    # As the trainer calls it: its features are unit-norm already (L2Normalize), so it
+    # passes normalize=False; explicit, so that versions with either default time alike.
     return end_loss(
-        features, targets, biases, pairs="all", num_targets=NUM_CLASSES, num_biases=NUM_CLASSES
+        features, targets, biases, pairs="all", normalize=False, num_targets=NUM_CLASSES,
+        num_biases=NUM_CLASSES,
     )
 
 
@@ -206,6 +213,49 @@ def training_step_share(batch: int, rounds: int) -> None:
     )
 
 
+def alternating(first: Callable[[], None], second: Callable[[], None], rounds: int,
+                calls: int = 20) -> tuple[float, float]:
+    """Median seconds per call of each (each call timed, so that a descheduled call on a
+    loaded machine is an outlier, not part of a mean): in every round both run ``calls``
+    times in a row, which one goes first alternating, so that warm caches and load favour
+    neither."""
+    times: tuple[list[float], list[float]] = ([], [])
+    steps = (first, second)
+    for step in steps:
+        step()  # warm-up
+    for index in range(rounds):
+        for which in ((0, 1) if index % 2 == 0 else (1, 0)):
+            for _ in range(calls):
+                start = time.perf_counter()
+                steps[which]()
+                times[which].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def versions_table(path: Path, sizes: list[int], widths: list[int], rounds: int) -> None:
+    """The closed form of this checkout against the one in ``path``, same inputs and call."""
+    spec = importlib.util.spec_from_file_location("other_regularizer", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--against: cannot load {path}")
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+
+    def other_loss(features: Tensor, targets: Tensor, biases: Tensor) -> Tensor:
+        return other.end_loss(features, targets, biases, pairs="all", normalize=False,
+                              num_targets=NUM_CLASSES, num_biases=NUM_CLASSES)
+
+    cpu = torch.device("cpu")
+    print(f"| device | B | F | {path} | this checkout | this / other |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for batch in sizes:
+        for width in widths:
+            inputs = biased_batch(batch, width, 0.99, cpu)
+            ours, theirs = alternating(forward_backward(closed_form_loss, inputs),
+                                       forward_backward(other_loss, inputs), rounds)
+            print(f"| cpu | {batch} | {width} | {format_time(theirs)} | {format_time(ours)} | "
+                  f"{ours / theirs:.2f} |", flush=True)
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -220,6 +270,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per cell")
     parser.add_argument("--no-step", action="store_true", help="skip the SimpleConvNet step")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--against", type=Path, metavar="REGULARIZER_PY",
+                        help="time the closed form against this file's, instead of the loop")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,6 +290,9 @@ def main() -> None:
         "forward + backward, median over alternating rounds; labels: 10 targets x 10 "
         "biases, 99 % bias-aligned\n"
     )
+    if args.against:
+        versions_table(args.against, [64, 256, 1024, 4096], [128, 512], args.rounds)
+        return
     check_baseline()
     loss_table(devices, sizes, widths, rounds)
     if not args.no_step:

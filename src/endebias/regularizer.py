@@ -80,7 +80,8 @@ def _check_label_range(labels: Tensor, count: int, name: str, count_name: str) -
             raise ValueError(f"{name} has values from {low} to {high}, outside {allowed}")
         return
     low, high = torch.aminmax(labels)
-    # On a GPU this fails at a later kernel launch, with this message in the device log.
+    # On CPU under torch.compile this raises with the message; on a GPU it fails at a later
+    # kernel launch as CUDA's generic device-side assert (the kernel drops the message).
     torch._assert_async((low >= 0) & (high < count), f"{name} has values outside {allowed}")
 
 
