@@ -138,6 +138,7 @@ from endebias.methods import (  # noqa: E402,F401
     learned_mixin,
     lff,
     lnl,
+    rebias,
     rubi,
     sd,
     vanilla,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from endebias.hooks import capture_features
+from endebias.hooks import capture_features, find_layer
 
 BIAS_MODEL_DEFAULTS: dict[str, Any] = {"bias_model": "bias-conv", "bias_model_options": None}
 
@@ -87,8 +87,9 @@ def feature_size(network: nn.Module, layer: str, input_shape: tuple[int, ...]) -
 
 
 def feature_layer_of(method: str, model: nn.Module, layer: str | None) -> str:
-    """``layer``, or the layer the model declares."""
+    """``layer``, or the layer the model declares; a layer the model lacks is refused."""
     chosen = layer or getattr(model, "feature_layer", None)
     if chosen is None:
         raise ValueError(f"method {method!r} needs layer=...: the model declares no feature_layer")
+    find_layer(model, chosen)
     return chosen
