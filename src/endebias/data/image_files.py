@@ -8,14 +8,17 @@ first, several times cheaper for small outputs.
 
 The cache is one ``.npy`` per list of files and size, written under a temporary name and
 renamed when complete (a killed run never leaves half a cache), and read back memory-
-mapped, so a dataset larger than RAM still works. Delete the cache folder after changing
-the images: it is keyed by file names and size, not by content.
+mapped, so a dataset larger than RAM still works. Beside it, ``NAME.npy.sha256`` holds the
+SHA-256 of the cache's bytes and of its source (each image file's name, size and
+modification time); both are checked on every use, and a cache that fails either (flipped
+bytes, changed images, no checksum) is decoded again, with a warning saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import warnings
@@ -147,14 +150,20 @@ def cached_images(
                              description=description, progress=progress, max_pixels=max_pixels)
     key = hashlib.sha1("\n".join(p.name for p in paths).encode(), usedforsecurity=False)
     path = cache_dir / f"{name}-{image_size}px-{len(paths)}-{key.hexdigest()[:12]}.npy"
+    source = source_digest(paths)
     if path.is_file():
-        try:
-            cached = np.load(path, mmap_mode="c")  # copy-on-write: writable, file untouched
-            if cached.shape == (len(paths), 3, image_size, image_size):
-                logger.info("%s: using cached images %s", name, path)
-                return cached
-        except (OSError, ValueError) as error:
-            logger.warning("%s: ignoring unreadable cache %s (%s)", name, path, error)
+        problem = cache_problem(path, source)
+        if problem is None:
+            try:
+                cached = np.load(path, mmap_mode="c")  # copy-on-write: file untouched
+                if cached.shape == (len(paths), 3, image_size, image_size):
+                    logger.info("%s: using cached images %s (checksum verified)", name, path)
+                    return cached
+                problem = f"shape {cached.shape}"
+            except (OSError, ValueError) as error:
+                problem = f"unreadable: {error}"
+        logger.warning("%s: not using the cache %s (%s); decoding the images again",
+                       name, path, problem)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -171,7 +180,65 @@ def cached_images(
                       description=description, progress=progress, max_pixels=max_pixels)
         out.flush()
         del out
+        # The checksum goes first: a cache is never in place without one.
+        _write_checksum(path, {"content": file_digest(partial),
+                               "source": source_digest(paths) or ""})
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return np.load(path, mmap_mode="c")
+
+
+def checksum_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".sha256")
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def source_digest(paths: Sequence[Path]) -> str | None:
+    """SHA-256 of each image file's name, size and modification time: an image replaced
+    or edited in place changes it, without reading every image on each run. None when no
+    image is there any more (deleted once cached): the cache is then their only copy."""
+    digest = hashlib.sha256()
+    present = 0
+    for file in paths:
+        try:
+            stat = file.stat()
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            present += 1
+        except OSError:
+            digest.update(f"{file}\0missing\n".encode())
+    return digest.hexdigest() if present else None
+
+
+def cache_problem(cache: Path, source: str | None) -> str | None:
+    """Why ``cache`` may not be used (None: its content and source checksums match)."""
+    try:
+        recorded = json.loads(checksum_path(cache).read_text(encoding="utf-8"))
+        content, made_from = recorded["content"], recorded["source"]
+    except FileNotFoundError:
+        return "it has no checksum (made by an older version, or its writer was killed)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its checksum file is unreadable: {error}"
+    if source is not None and made_from != source:
+        return "the images changed since it was made"
+    if file_digest(cache) != content:
+        return "its content does not match its checksum: damaged"
+    return None
+
+
+def _write_checksum(cache: Path, values: dict[str, str]) -> None:
+    """Written whole under a temporary name, then renamed into place."""
+    target = checksum_path(cache)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            json.dump(values, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)

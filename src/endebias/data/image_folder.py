@@ -4,9 +4,10 @@ The CSV (option ``csv``, looked up in ``root`` first, then as given) has a heade
 the columns named by the options: ``path`` (always this name; relative to ``root``, and
 refused if it leads outside it, by ``../`` or as an absolute path, unless
 ``allow_outside_root=true``), ``target`` and ``bias``; optionally ``split``, a column of
-``train`` / ``valid`` / ``test``. Without a split column the rows are split at random
-(seeded) into ``valid_fraction`` and ``test_fraction`` of the rows and training for the
-rest.
+``train`` / ``valid`` / ``test``. A column named ``split`` is used without being asked
+for, so rows a CSV designates as test never land in training; ``split=random`` ignores
+it. Without a split column the rows are split at random (seeded) into ``valid_fraction``
+and ``test_fraction`` of the rows and training for the rest.
 
 Labels may be any strings or integers: each column's distinct values are sorted
 (numerically when all are numbers) and coded 0..K-1; the names are kept as the
@@ -47,6 +48,7 @@ from endebias.data.tabular import _pools
 logger = logging.getLogger(__name__)
 
 PATH_COLUMN = "path"
+DEFAULT_SPLIT_COLUMN = "split"
 SPLITS = ("train", "valid", "test")
 _STREAM = {"split": 0, "test": 1}  # one seeded generator per random choice
 
@@ -155,6 +157,12 @@ def build_image_folder(
     def generator(name: str) -> torch.Generator:
         return torch.Generator().manual_seed(seed * len(_STREAM) + _STREAM[name])
 
+    if split is None and DEFAULT_SPLIT_COLUMN in table.columns:
+        split = DEFAULT_SPLIT_COLUMN
+        logger.info("image-folder: rows split by the CSV's %r column (split=random to ignore "
+                    "it)", split)
+    if split == "random":
+        split = None
     if split is not None:
         codes = _split_codes(table.column(split, "split"), table.lines, table.path, split)
         rows = {name: np.flatnonzero(codes == code) for code, name in enumerate(SPLITS)}
