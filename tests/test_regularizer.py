@@ -309,6 +309,9 @@ def _compiled_matches_eager(backend: str) -> None:
     expected.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(grad, features.grad)
+    biases[0] = 4  # the range check is compiled too: a device-side assertion
+    with pytest.raises(RuntimeError, match=r"biases has values outside 0\.\.3 \(num_biases=4\)"):
+        compiled(features, targets, biases)
 
 
 def test_compiles_as_one_graph_with_counts_given():

@@ -125,8 +125,9 @@ def unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unnormalised_features_without_normalize_warn_once(unchecked):
     features, targets, biases = _labelled_batch()
-    with pytest.warns(UserWarning, match=r"not unit-norm \(norms from .*normalize=False"):
-        end_loss(3 * features, targets, biases, normalize=False)
+    with pytest.warns(UserWarning, match=r"not unit-norm \(norms from .*normalize=False") as seen:
+        EnDLoss(normalize=False)(3 * features, targets, biases)
+    assert seen[0].filename == __file__  # the user's line, not the library's
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not per step: checked on the first call only
         end_loss(3 * features, targets, biases, normalize=False)

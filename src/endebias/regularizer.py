@@ -10,7 +10,9 @@ every process computes the loss of the global batch (``endebias.training.distrib
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 from typing import Literal, NamedTuple, overload
 
 import torch
@@ -110,6 +112,18 @@ _unit_norm_checked = False
 _UNIT_NORM_TOLERANCE = 1e-2  # bfloat16 unit vectors are within ~2e-3 of norm 1
 
 
+# The warning points at the user's line: the first frame outside endebias and torch.nn.
+_INTERNAL_DIRS = tuple(str(Path(module.__file__).parent) for module in (sys.modules[__package__],
+                                                                        torch.nn))
+
+
+def _first_outside_caller() -> int:
+    frame, level = sys._getframe(1), 1  # level 1: the function that calls warnings.warn
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn_once_if_not_unit_norm(flat: Tensor) -> None:
     global _unit_norm_checked
     if torch.compiler.is_compiling() or _unit_norm_checked:
@@ -123,7 +137,7 @@ def _warn_once_if_not_unit_norm(flat: Tensor) -> None:
             "normalize=False: the Gram entries are not cosines and r_par can leave [0, 1]; "
             "pass normalize=True or end the layer with endebias.L2Normalize "
             "(checked on the first call only)",
-            stacklevel=4,
+            stacklevel=_first_outside_caller(),
         )
 
 
