@@ -3,7 +3,7 @@ both through the trainer's own epoch loops, on Biased MNIST (rho 0.997, EnD).
 
 * ``solo``: K methods, each trained by ``endebias.training.epoch.train_epoch`` on the same
   batches, one after the other (what K solo trials cost);
-* ``packed``: one pack of K (``endebias.training.packed_epoch.train_packed_epoch``).
+* ``packed``: one pack of K (the same ``train_epoch`` with a packed stepper).
 
 Training only, no evaluation (a pack evaluates all its members in one pass too). The two
 take turns batch by batch, so that load on a shared machine hits both alike; the ratio is
@@ -30,11 +30,10 @@ from endebias.data import Split
 from endebias.methods import build_method
 from endebias.models import build_model
 from endebias.training.config import make_config
-from endebias.training.epoch import StepRunner, train_epoch
+from endebias.training.epoch import train_epoch
 from endebias.training.fastpath import FastPath
 from endebias.training.fit import load_benchmark
-from endebias.training.packed import build_packed
-from endebias.training.packed_epoch import train_packed_epoch
+from endebias.training.steppers import PackedStepper, SoloStepper
 
 
 def main() -> None:
@@ -67,13 +66,13 @@ def main() -> None:
             "end", model=model, num_targets=10, num_biases=10, alpha=alpha, beta=beta,
             train_targets=benchmark.train.targets, train_biases=benchmark.train.biases,
         ).to(device))
-    packed = build_packed(solos, [s.state_dict() for s in solos],
-                          model_options=config.model_options, num_classes=10,
-                          in_channels=benchmark.input_shape[0]).to(device)
-    optimizers = [torch.optim.Adam(s.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-                  for s in solos]
-    packed_optimizer = torch.optim.Adam(packed.parameters(), lr=config.lr,
-                                        weight_decay=config.weight_decay)
+    configs = [dataclasses.replace(config, method_options={"alpha": a, "beta": b})
+               for a, b in settings]
+    packed = PackedStepper(solos, configs, [{"method": s.state_dict()} for s in solos],
+                           benchmark_shape=(10, benchmark.input_shape[0]), device=device,
+                           fast=fast)
+    steppers = [SoloStepper(s, c, device=device, fast=fast, context=None)
+                for s, c in zip(solos, configs, strict=True)]
     train = benchmark.train
 
     def batch(number: int):
@@ -88,16 +87,15 @@ def main() -> None:
     def solo_turn(number: int) -> float:
         sync()
         started = time.perf_counter()
-        for solo, optimizer in zip(solos, optimizers, strict=True):
-            train_epoch(solo, optimizer, batch(number), config, 1, False,
-                        StepRunner(solo.training_step, fast))
+        for stepper in steppers:
+            train_epoch(stepper, batch(number), config, 1, False)
         sync()
         return time.perf_counter() - started
 
     def packed_turn(number: int) -> float:
         sync()
         started = time.perf_counter()
-        train_packed_epoch(packed, packed_optimizer, batch(number), config, 1, fast)
+        train_epoch(packed, batch(number), config, 1, False)
         sync()
         return time.perf_counter() - started
 

@@ -51,9 +51,10 @@ from endebias.methods import build_method
 from endebias.models import build_model
 from endebias.regularizer import end_terms
 from endebias.training.config import make_config
-from endebias.training.epoch import StepRunner, train_epoch
+from endebias.training.epoch import train_epoch
 from endebias.training.fastpath import FastPath, cpu_bf16_native
 from endebias.training.fit import load_benchmark
+from endebias.training.steppers import SoloStepper
 
 BATCH = 256
 
@@ -167,12 +168,9 @@ class Ours:
     def __init__(self, config, benchmark, device: torch.device, fast: FastPath) -> None:
         self.method = new_method(config, benchmark.num_targets, device)
         fast.apply(self.method)
-        self.optimizer = torch.optim.Adam(
-            self.method.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-            fused=True if device.type == "cuda" else None,
-        )
+        # The trainer's solo stepper: its Adam (fused on CUDA) and step, one process.
+        self.stepper = SoloStepper(self.method, config, device=device, fast=fast, context=None)
         self.config, self.benchmark = config, benchmark
-        self.runner = StepRunner(self.method.training_step, fast)
         self.epoch, self.position = 0, 0
 
     def run(self, count: int | None) -> int:
@@ -185,8 +183,7 @@ class Ours:
             part = Split(*(t[self.position : end] for t in (train.inputs, train.targets,
                                                             train.biases)))
             benchmark, self.position = dataclasses.replace(benchmark, train=part), end
-        train_epoch(self.method, self.optimizer, benchmark, self.config, self.epoch, False,
-                     self.runner)
+        train_epoch(self.stepper, benchmark, self.config, self.epoch, False)
         return len(benchmark.train)
 
 

@@ -28,7 +28,9 @@ from endebias.methods import build_method
 from endebias.training import distributed
 from endebias.training.config import TrainConfig
 from endebias.training.distributed import DistContext
-from endebias.training.epoch import StepRunner, train_epoch
+from endebias.training.epoch import train_epoch
+from endebias.training.fastpath import FastPath
+from endebias.training.steppers import SoloStepper
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed")
 
@@ -93,10 +95,34 @@ def single_process_step(batch: Split) -> dict[str, object]:
             "grads": {n: p.grad.clone() for n, p in method.named_parameters()}}
 
 
+class SGD:
+    """Plain SGD in the trainer's place of the method's Adams: its updates show the
+    gradients themselves (Adam's first steps hide their scale)."""
+
+    def __init__(self, method: nn.Module) -> None:
+        self.sgd = torch.optim.SGD(method.parameters(), lr=0.5)
+
+    def zero_grad(self) -> None:
+        self.sgd.zero_grad()
+
+    def step(self) -> None:
+        self.sgd.step()
+
+
+def trainer_epoch(method: nn.Module, context: DistContext | None) -> dict[str, float]:
+    """One epoch of the trainer's own loop (a solo stepper: the step inside DDP when
+    ``context`` is given) with SGD."""
+    config, cpu = TrainConfig(batch_size=8), torch.device("cpu")
+    stepper = SoloStepper(method, config, device=cpu, fast=FastPath(), context=context)
+    stepper.optimizers = SGD(method)
+    stats, diverged = train_epoch(stepper, epoch_benchmark(), config, 1, False)
+    assert diverged == {}
+    return stats[0]
+
+
 def single_process_epoch() -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     method = make_method()
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.5)  # SGD: updates show the gradients
-    stats = train_epoch(method, optimizer, epoch_benchmark(), TrainConfig(batch_size=8), 1, False)
+    stats = trainer_epoch(method, None)
     return stats, {n: p.detach().clone() for n, p in method.named_parameters()}
 
 
@@ -124,11 +150,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         # One epoch of the trainer itself.
         method = make_method()
         distributed.prepare_method(method, context, cpu)
-        runner = StepRunner(distributed.wrap_step(method, context, cpu), context=context)
-        optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
-        stats = train_epoch(
-            method, optimizer, epoch_benchmark(), TrainConfig(batch_size=8), 1, False, runner
-        )
+        stats = trainer_epoch(method, context)
         result["epoch_stats"] = stats
         result["epoch_params"] = {n: p.detach().clone() for n, p in method.named_parameters()}
         torch.save(result, Path(out) / f"rank{rank}.pt")

@@ -12,7 +12,7 @@ from endebias.methods import build_method
 from endebias.models import build_model
 from endebias.training import records
 from endebias.training.config import make_config
-from endebias.training.fit import fit
+from endebias.training.fit import fit, fit_packed
 from endebias.training.packed import (
     PackError,
     build_packed,
@@ -23,7 +23,6 @@ from endebias.training.packed import (
     member_state,
     pack_key,
 )
-from endebias.training.packed_fit import fit_packed
 
 SETTINGS = [(0.1, 0.2), (1.0, 0.0), (0.5, 3.0)]
 TINY = {"channels": [4, 8, 8], "kernel_size": 3, "pool_after": [0]}

@@ -179,7 +179,7 @@ def _prepare(trial: optuna.Trial, objective: Objective) -> Asked:
 
 def _train_group(study: optuna.Study, objective: Objective, group: list[Asked],
                  data_dir: str | None, result: AgentResult) -> None:
-    from endebias.training.packed_fit import fit_packed
+    from endebias.training.fit import fit_packed
 
     for item in group:
         Objective._report(item.trial, item.run_dir, item.reported)

@@ -152,13 +152,14 @@ def sum_over_ranks(tensor: Tensor, context: DistContext | None) -> Tensor:
     return total
 
 
-def all_finite(loss: Tensor, context: DistContext | None) -> bool:
-    """True when the loss is finite on every process; all of them stop together otherwise
-    (a process that stopped alone would leave the others waiting in a collective)."""
-    finite = torch.isfinite(loss.detach()).to(torch.int32)
+def finite_members(losses: Tensor, context: DistContext | None) -> list[bool]:
+    """Per member, whether its loss is finite on every process; all processes stop a
+    member together otherwise (a process that stopped alone would leave the others
+    waiting in a collective)."""
+    finite = torch.isfinite(losses.detach()).to(torch.int32)
     if context is not None:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite)
+    return [bool(value) for value in finite.tolist()]
 
 
 def prepare_method(method: nn.Module, context: DistContext | None, device: torch.device) -> None:

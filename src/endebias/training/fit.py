@@ -1,23 +1,27 @@
-"""The fit/evaluate loop. It knows nothing about a specific method or dataset: it sees a
-:class:`~endebias.data.Benchmark`, a model from the registry and a
+"""A run, start to finish. The trainer knows nothing about a specific method or dataset: it
+sees a :class:`~endebias.data.Benchmark`, a model from the registry and a
 :class:`~endebias.methods.Method`, and writes the run's records.
 
-A run goes through four steps, each a function below:
+A run goes through four steps:
 
 1. **claim** the run folder (an exclusive lock, before anything else) and read what it
-   already holds;
-2. **prepare** everything (data, model, method, optimiser) and check it with one forward
+   already holds (:func:`claim`);
+2. **prepare** everything (data, model, method, optimisers) and check it with one forward
    pass, before the folder becomes a run, so a failed start leaves nothing behind;
 3. **resume** from the latest good checkpoint, if asked;
-4. **loop** over epochs, writing records and a checkpoint after each, then **finish**.
+4. **train** in the one loop (:mod:`endebias.training.loop`), writing records and a
+   checkpoint after each epoch, then **finish**.
+
+:func:`fit` trains one run; :func:`fit_packed` trains K runs that can share every batch as
+one packed network, each into its own folder, through the same four steps and loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +29,28 @@ import torch
 
 from endebias.data import Benchmark, build_dataset, check_dataset_options
 from endebias.training import distributed, records
-from endebias.training.checkpoint import load_checkpoint, save_checkpoint
 from endebias.training.config import TrainConfig
-from endebias.training.epoch import NonFiniteLossError, evaluate, random_subset, train_epoch
-from endebias.training.prepared import PreparedRun, prepare
-from endebias.training.run_lock import RunLock
+from endebias.training.distributed import DistContext
+from endebias.training.epoch import NonFiniteLossError, random_subset
+from endebias.training.loop import (
+    Member,
+    MemberCallback,
+    Outcome,
+    Shared,
+    resume_state,
+    shared_data,
+    train,
+)
+from endebias.training.packed import PackError, check_packable, pack_key
+from endebias.training.prepared import build_run_method, prepare_solo
+from endebias.training.run_lock import RunInUseError, RunLock
+from endebias.training.steppers import PackedStepper
+
+__all__ = ["NonFiniteLossError", "RunAlreadyExistsError", "fit", "fit_packed"]
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
-# Dataset builder arguments the trainer passes itself.
 
 
 class RunAlreadyExistsError(RuntimeError):
@@ -76,27 +92,29 @@ def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.d
     return benchmark
 
 
-def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch with the highest valid accuracy (the first such epoch on ties), as the paper."""
-    return max(history, key=lambda r: (r["valid_acc"], -r["epoch"]))
-
-
-def format_epoch(record: dict[str, Any], evaluation_names: list[str]) -> str:
-    """One line per epoch, as the original printed: train accuracy and loss with its parts,
-    then the accuracy on each evaluation split."""
-    fixed = {"train_loss", "train_acc", "train_seconds"}
-    parts = [
-        f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train_") and k not in fixed
-    ]
-    line = (
-        f"epoch {record['epoch']:3d} | train acc {record['train_acc']:.4f} "
-        f"loss {record['train_loss']:.4f}"
-    )
-    if parts:
-        line += f" ({', '.join(parts)})"
-    for name in evaluation_names:
-        line += f" | {name.replace('_test', '')} {record[f'{name}_acc']:.4f}"
-    return line
+def prepare_data(
+    config: TrainConfig,
+    *,
+    data_dir: str | None,
+    device: torch.device,
+    context: DistContext | None = None,
+    prepare_benchmark: Callable[[Benchmark], None] | None = None,
+) -> Shared:
+    """The benchmark every member trains on (seeded as the config says), its aligned
+    groups and fast path; in a multi-process run, this process's share of each
+    evaluation split and the sum of the processes' counts."""
+    device = distributed.local_device(device, context)
+    torch.manual_seed(config.seed)
+    benchmark = load_benchmark(config, data_dir=data_dir, device=device)
+    if prepare_benchmark is not None:  # e.g. pseudo bias labels (pseudo_label_stages)
+        prepare_benchmark(benchmark)
+    shared = shared_data(benchmark, config, device)
+    if context is not None:
+        shared.evaluations = {name: distributed.shard_split(split, context)
+                              for name, split in benchmark.evaluations.items()}
+        shared.reduce_counts = partial(distributed.sum_over_ranks, context=context)
+        shared.main = context.is_main
+    return shared
 
 
 def existing_run(config: TrainConfig, run_dir: Path, *, resume: bool) -> dict[str, Any] | None:
@@ -118,77 +136,26 @@ def existing_run(config: TrainConfig, run_dir: Path, *, resume: bool) -> dict[st
     return None
 
 
-def restore(run: PreparedRun) -> list[dict[str, Any]]:
-    """Step 3: load the latest good checkpoint into the prepared run; its epoch history."""
-    state = load_checkpoint(run.run_dir)
-    if state is None:
-        if records.read_metrics(run.run_dir):
-            # Starting over would overwrite finished epochs that no checkpoint can restore.
-            raise ValueError(f"{run.run_dir} has finished epochs on record but no checkpoint; "
-                             f"--resume refuses (move the folder away to train the run again)")
-        return []
-    run.method.load_state_dict(state["method"])
-    run.optimizers.load_state_dict(state)
-    torch.set_rng_state(state["rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    log.info("resuming %s after epoch %d", run.run_dir, len(state["history"]))
-    return list(state["history"])
+def claim(config: TrainConfig, run_dir: Path, *, resume: bool,
+          main: bool = True) -> tuple[RunLock, dict[str, Any] | None]:
+    """Step 1: the folder's lock (rank 0's; a stand-in elsewhere), and the best record of
+    a run already finished there (None to train). The lock is released on an error."""
+    lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
+    try:
+        if main:  # a killed writer's half-written files: ours to clear, as the lock holder
+            for path in records.remove_temp_files(run_dir):
+                log.info("removed %s, left by an interrupted write", path)
+        return lock, existing_run(config, run_dir, resume=resume)
+    except BaseException:
+        lock.release()
+        raise
 
 
-def run_epoch(run: PreparedRun, epoch: int, *, progress: bool) -> dict[str, Any]:
-    """Train one epoch and evaluate every split: the epoch's record. A non-finite loss or
-    metric raises :class:`NonFiniteLossError` (nothing of the epoch is kept)."""
-    config = run.config
-    started = time.perf_counter()
-    rates = run.optimizers.learning_rates()
-    train_stats = train_epoch(
-        run.method, run.optimizers, run.benchmark, config, epoch, progress, run.runner
-    )
-    run.optimizers.end_epoch()
-    # The arithmetic "auto" chose on this machine (config.json keeps the option as given).
-    record: dict[str, Any] = {"epoch": epoch, **rates, "fast_path": run.fast.describe()}
-    record.update({f"train_{k}": v for k, v in train_stats.items()})
-    record["train_seconds"] = time.perf_counter() - started
-    for name, split in run.evaluations.items():
-        metrics = evaluate(
-            run.method, run.benchmark, split, batch_size=config.eval_batch_size,
-            aligned=run.aligned, fast=run.fast, reduce_counts=run.reduce_counts,
-        )
-        record.update({f"{name}_{k}": v for k, v in metrics.items()})
-    record["seconds"] = time.perf_counter() - started
-    # A loss can stay finite per step and overflow in the epoch's sums (alpha = 1e38).
-    # Accuracies of an empty group are NaN by design (metrics.py), so only the training
-    # losses and the model-selection accuracy count.
-    for key, value in record.items():
-        watched = key.startswith("train_") or key == "valid_acc"
-        if watched and isinstance(value, float) and not math.isfinite(value):
-            raise NonFiniteLossError(f"non-finite {key} ({value}) at epoch {epoch}")
-    return records.json_safe(record)
-
-
-def save_epoch(run: PreparedRun, lock: RunLock, history: list[dict[str, Any]]) -> None:
-    """The checkpoint first, then the records rewritten from its history, so the records
-    always match weights on disk; every write checks the run is still this process's."""
-    from endebias.training.epoch import save_features
-
-    lock.check()
-    if run.config.save_features:
-        save_features(
-            run.method, run.benchmark, run.run_dir, len(history), run.config.save_features
-        )
-    state = {
-        "history": history,
-        "method": run.method.state_dict(),
-        **run.optimizers.state_dict(),
-        "rng": torch.get_rng_state(),
-    }
-    if run.device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    save_checkpoint(run.run_dir / records.CHECKPOINT, state)
-    lock.check()
-    records.write_metrics(run.run_dir, history)
-    records.atomic_write_json(run.run_dir / records.BEST, _best(history))
+def _start(member: Member) -> None:
+    """The folder becomes this run: its config, and no error left from an earlier try."""
+    member.lock.check()
+    records.atomic_write_json(member.run_dir / records.CONFIG, member.config.to_dict())
+    (member.run_dir / records.ERROR).unlink(missing_ok=True)
 
 
 def fit(
@@ -235,72 +202,122 @@ def fit(
     main = context is None or context.is_main
     own_lock = lock is None
     if lock is None:
-        lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
-    try:
-        if main:  # a killed writer's half-written files: ours to clear, as the lock holder
-            for path in records.remove_temp_files(run_dir):
-                log.info("removed %s, left by an interrupted write", path)
+        lock, finished = claim(config, run_dir, resume=resume, main=main)
+    else:
         finished = existing_run(config, run_dir, resume=resume)
+    member = Member(0, config, run_dir, lock, own_lock=own_lock)
+    try:
         if finished is not None:
             return finished
         try:
-            run = prepare(config, run_dir, data_dir=data_dir, device=device, context=context,
-                          prepare_benchmark=prepare_benchmark)
+            shared = prepare_data(config, data_dir=data_dir, device=device, context=context,
+                                  prepare_benchmark=prepare_benchmark)
+            stepper = prepare_solo(config, shared, context)
         except BaseException:
             if own_lock:
                 lock.abandon()  # a failed start leaves no run folder behind
             raise
         if main:
-            lock.check()
-            records.atomic_write_json(run_dir / records.CONFIG, config.to_dict())
-            (run_dir / records.ERROR).unlink(missing_ok=True)
-        history = restore(run) if resume else []
-        return _loop(run, lock, history, main=main, progress=progress and main,
-                     on_epoch=on_epoch, echo=echo)
+            _start(member)
+        state = resume_state(run_dir, resume=resume)
+        if state is not None:
+            stepper.load([state])
+            member.history = list(state["history"])
+        shared.progress, shared.echo = progress and main, None if echo is None else (
+            lambda _, line: echo(line))
+        shared.on_epoch = None if on_epoch is None else (
+            lambda _, epoch, record: on_epoch(epoch, record))
+        outcomes: list[Outcome | None] = [None]
+        train([member], stepper, shared, outcomes)
+        if isinstance(outcomes[0], BaseException):
+            raise outcomes[0]
+        return outcomes[0]  # type: ignore[return-value]
     finally:
         if own_lock:
             lock.release()
 
 
-def _loop(
-    run: PreparedRun,
-    lock: RunLock,
-    history: list[dict[str, Any]],
+def fit_packed(
+    configs: Sequence[TrainConfig],
+    run_dirs: Sequence[str | Path],
     *,
-    main: bool,
-    progress: bool,
-    on_epoch: EpochCallback | None,
-    echo: Callable[[str], None] | None,
-) -> dict[str, Any]:
-    """Step 4: the epochs still to run, then the ``done`` marker."""
-    if main:
-        log.info("device %s, fast path: %s", run.device, run.fast.describe())
-    names = list(run.benchmark.evaluations)
-    try:
-        for epoch in range(len(history) + 1, run.config.epochs + 1):
-            record = run_epoch(run, epoch, progress=progress)
-            history.append(record)
-            if not main:
+    data_dir: str | None = None,
+    resume: bool = False,
+    on_epoch: MemberCallback | None = None,
+    echo: Callable[[int, str], None] | None = None,
+) -> list[Outcome]:
+    """Train ``configs[i]`` into ``run_dirs[i]`` as one packed network; per run, its
+    best-by-valid record or the exception that stopped it. ``on_epoch(i, epoch, record)``
+    runs after run i's records are written; raising stops run i only. Each run is claimed,
+    prepared and resumed as :func:`fit` does, on its own: a folder another process holds,
+    another run's folder or a resume it refuses fails that run only. Members resumed at
+    different epochs train as separate packs, one after the other."""
+    if not configs or len(configs) != len(run_dirs):
+        raise ValueError("fit_packed needs one run folder per config, and at least one config")
+    for config in configs:
+        check_packable(config)
+    if len({pack_key(c) for c in configs}) > 1:
+        raise PackError("these runs cannot share batches: they differ in more than method options")
+    if distributed.launched_by_torchrun():
+        raise PackError("packed runs train in one process; launch them without torchrun")
+    outcomes: list[Outcome | None] = [None] * len(configs)
+    with contextlib.ExitStack() as held:
+        todo: list[Member] = []
+        for index, (config, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
+            try:
+                lock, finished = claim(config, Path(run_dir), resume=resume)
+            except (RunInUseError, RunAlreadyExistsError) as error:  # this member's folder only
+                outcomes[index] = error
                 continue
-            save_epoch(run, lock, history)
-            if echo is not None:
-                echo(format_epoch(record, names))
-            if on_epoch is not None:
-                on_epoch(epoch, record)
-    except NonFiniteLossError as error:
-        if main:
-            lock.check()
-            records.atomic_write_json(
-                run.run_dir / records.ERROR,
-                {"error": type(error).__name__, "message": str(error)},
-            )
+            held.callback(lock.release)
+            if finished is not None:
+                outcomes[index] = finished
+                lock.release()
+            else:
+                todo.append(Member(index, config, Path(run_dir), lock))
+        if todo:
+            _train_packs(todo, data_dir=data_dir, resume=resume, on_epoch=on_epoch, echo=echo,
+                         outcomes=outcomes)
+    return outcomes  # type: ignore[return-value]
+
+
+def _train_packs(todo: list[Member], *, data_dir: str | None, resume: bool,
+                 on_epoch: MemberCallback | None, echo: Callable[[int, str], None] | None,
+                 outcomes: list[Outcome | None]) -> None:
+    """Steps 2 to 4 of :func:`fit_packed` for the members it claimed."""
+    config = todo[0].config
+    device = resolve_device(config.device)
+    try:
+        shared = prepare_data(config, data_dir=data_dir, device=device)
+    except BaseException:
+        for member in todo:
+            member.lock.abandon()  # a failed start leaves no run folder behind, as fit
         raise
-    if not history:
-        raise RuntimeError(f"{run.run_dir}: no epoch was run (epochs={run.config.epochs})")
-    if main:
-        lock.check()
-        records.atomic_write_text(run.run_dir / records.DONE, "")
-    return _best(history)
+    shared.on_epoch, shared.echo = on_epoch, echo
+    members, solos, states = [], {}, {}
+    for member in todo:
+        try:
+            solos[member.index] = build_run_method(member.config, shared.benchmark)
+            states[member.index] = resume_state(member.run_dir, resume=resume) or {
+                "method": solos[member.index].state_dict()}
+        except ValueError as error:  # its options, or a resume it refuses
+            outcomes[member.index] = error
+            member.lock.abandon()
+            continue
+        member.history = list(states[member.index].get("history", []))
+        members.append(member)
+    for member in members:
+        _start(member)
+    benchmark = shared.benchmark
+    for done in sorted({len(m.history) for m in members}):
+        group = [m for m in members if len(m.history) == done]
+        stepper = PackedStepper(
+            [solos[m.index] for m in group], [m.config for m in group],
+            [states[m.index] for m in group],
+            benchmark_shape=(benchmark.num_targets, benchmark.input_shape[0]),
+            device=device, fast=shared.fast,
+        )
+        train(group, stepper, shared, outcomes)
 
 
 def summary_line(best: dict[str, Any]) -> str:

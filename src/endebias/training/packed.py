@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from endebias.methods import Method
+from endebias.methods import Method, OptimizerGroup
 from endebias.models import init_conv_and_norm
 from endebias.regularizer import end_terms
 from endebias.training.config import TrainConfig
@@ -211,6 +211,9 @@ class PackedMethod(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.model(inputs)[0]
+
+    def optimizer_groups(self) -> dict[str, OptimizerGroup]:
+        return {"model": OptimizerGroup(list(self.parameters()))}
 
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor

@@ -1,46 +1,20 @@
 """Step 2 of a run (see :mod:`endebias.training.fit`): everything built and checked before
-the run folder becomes a run. Nothing here writes a file.
+the run folder becomes a run: each member's method, and a solo run's stepper.
+Nothing here writes a file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-
 import torch
-from torch import Tensor
 
-from endebias.data import Benchmark, Split, default_model
+from endebias.data import Benchmark, default_model
 from endebias.methods import Method, build_method, method_class
-from endebias.metrics import aligned_groups, group_counts
 from endebias.models import build_model
 from endebias.training import distributed
 from endebias.training.config import TrainConfig
 from endebias.training.distributed import DistContext
-from endebias.training.epoch import StepRunner
-from endebias.training.fastpath import FastPath
-from endebias.training.optimizers import Optimizers
-
-
-@dataclass
-class PreparedRun:
-    """A run ready to train: its data, method, optimisers and how steps run."""
-
-    config: TrainConfig
-    run_dir: Path
-    device: torch.device
-    context: DistContext | None
-    benchmark: Benchmark
-    aligned: Tensor
-    method: Method
-    optimizers: Optimizers
-    fast: FastPath
-    runner: StepRunner
-    # This process's share of every evaluation split; the counts are summed over processes.
-    evaluations: dict[str, Split]
-    reduce_counts: Callable[[Tensor], Tensor] | None
+from endebias.training.loop import Shared
+from endebias.training.steppers import SoloStepper
 
 
 def build_run_method(config: TrainConfig, benchmark: Benchmark) -> Method:
@@ -98,59 +72,14 @@ def check_forward(method: Method, benchmark: Benchmark, config: TrainConfig) -> 
         )
 
 
-def prepare(
-    config: TrainConfig,
-    run_dir: Path,
-    *,
-    data_dir: str | None,
-    device: torch.device,
-    context: DistContext | None,
-    prepare_benchmark: Callable[[Benchmark], None] | None = None,
-) -> PreparedRun:
-    from endebias.training.fit import load_benchmark
-
-    device = distributed.local_device(device, context)
-    torch.manual_seed(config.seed)
-    benchmark = load_benchmark(config, data_dir=data_dir, device=device)
-    if prepare_benchmark is not None:  # e.g. pseudo bias labels (training.pseudo_label_stages)
-        prepare_benchmark(benchmark)
-    train_counts = group_counts(
-        benchmark.train.targets,
-        benchmark.train.targets,
-        benchmark.train.biases,
-        num_targets=benchmark.num_targets,
-        num_biases=benchmark.num_biases,
-    )[0]
-    aligned = benchmark.aligned if benchmark.aligned is not None else aligned_groups(train_counts)
-    aligned = aligned.to(train_counts.device)
-
-    method = build_run_method(config, benchmark).to(device)
-    check_forward(method, benchmark, config)
-    distributed.prepare_method(method, context, device)
-    fast = FastPath.resolve(
-        device, amp=config.amp, compile=config.compile, channels_last=config.channels_last
-    )
-    fast.apply(method)
-    if device.type == "cuda":
-        # Fixed batch shapes: cuDNN times its kernels once per shape and keeps the fastest.
-        torch.backends.cudnn.benchmark = True
-    optimizers = Optimizers(method, config, device=device)  # one Adam + StepLR per group
+def prepare_solo(config: TrainConfig, shared: Shared, context: DistContext | None) -> SoloStepper:
+    """The config's method on its device, checked with one forward pass, set up for
+    several processes if need be, with its optimisers: a solo run ready to step."""
+    method = build_run_method(config, shared.benchmark).to(shared.device)
+    check_forward(method, shared.benchmark, config)
+    distributed.prepare_method(method, context, shared.device)
+    shared.fast.apply(method)
+    stepper = SoloStepper(method, config, device=shared.device, fast=shared.fast, context=context)
     # Every process has checked its options above before rank 0 writes.
     distributed.barrier(context)
-    return PreparedRun(
-        config=config,
-        run_dir=run_dir,
-        device=device,
-        context=context,
-        benchmark=benchmark,
-        aligned=aligned,
-        method=method,
-        optimizers=optimizers,
-        fast=fast,
-        runner=StepRunner(distributed.wrap_step(method, context, device), fast, context),
-        evaluations={
-            name: distributed.shard_split(split, context)
-            for name, split in benchmark.evaluations.items()
-        },
-        reduce_counts=partial(distributed.sum_over_ranks, context=context) if context else None,
-    )
+    return stepper
