@@ -5,6 +5,8 @@ Nothing here writes a file.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from endebias.data import Benchmark, default_model
