@@ -1,5 +1,6 @@
-"""The tested examples of docs/library.md, run as written: torch.compile, PyTorch Lightning
-and the Hugging Face Trainer, each on a tiny model and synthetic data (seconds)."""
+"""The tested examples of docs/library.md, run as written: the loss's calls, torch.compile,
+PyTorch Lightning and the Hugging Face Trainer, each on a tiny model and synthetic data
+(seconds); and the README's own-loop snippet."""
 
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ def example(name: str) -> str:
     return match.group(1)
 
 
-def run_example(name: str) -> dict:
-    namespace: dict = {"__name__": f"library_md_{name}"}
+def run_example(name: str, **given) -> dict:
+    namespace: dict = {"__name__": f"library_md_{name}", **given}
     exec(compile(example(name), f"docs/library.md[{name}]", "exec"), namespace)
     return namespace
+
+
+def labelled_features(size: int = 40) -> dict:
+    generator = torch.Generator().manual_seed(size)
+    return {"features": torch.randn(size, 3, 4, generator=generator),
+            "targets": torch.randint(10, (size,), generator=generator),
+            "biases": torch.randint(10, (size,), generator=generator)}
 
 
 def needs(package: str):
@@ -34,7 +42,37 @@ def needs(package: str):
 
 def test_every_tested_example_is_run_here():
     names = set(re.findall(r"<!-- tested: (\w+) -->", DOC.read_text()))
-    assert names == {"compile", "lightning", "transformers"}
+    assert names == {"loss", "compile", "lightning", "transformers"}
+
+
+def test_loss_example_calls_agree():
+    given = labelled_features()
+    namespace = run_example("loss", **given)
+    r_perp, r_par = namespace["r_perp"], namespace["r_par"]  # the last line's end_terms
+    assert namespace["loss"].item() == pytest.approx(0.1 * r_perp.item() + 0.1 * r_par.item())
+    assert namespace["criterion"](**given).item() == pytest.approx(namespace["loss"].item())
+
+
+def test_readme_snippet_trains_a_model_with_a_layer4():
+    text = (DOC.parents[1] / "README.md").read_text()
+    section = text[text.index("## EnD in your own training loop"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+    class MyNet(torch.nn.Module):  # the reader's model: a layer4 among others
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer4 = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8))
+            self.fc = torch.nn.Linear(8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.layer4(x)))
+
+    batches = [tuple(labelled_features(16 + step).values()) for step in range(3)]
+    namespace = {"MyNet": MyNet, "loader": batches}
+    exec(compile(snippet, "README.md[own training loop]", "exec"), namespace)
+    end = namespace["end"]
+    assert torch.isfinite(end.loss) and 0 <= end.r_perp.item() <= 1
+    assert namespace["model"].layer4[1].weight.grad is not None
 
 
 @pytest.mark.slow  # inductor's first compile: C++ code generation, ~20 s on 2 cores
