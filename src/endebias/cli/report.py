@@ -33,7 +33,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             name = ident
             study = load_study(ident, storage=args.storage or default_storage(args.runs),
                                wait=args.storage_retry)
-            rows = results.rows_from_study(study)
+            rows = results.rows_from_study(study, runs_dir=args.runs)
         page = html.sweep_report(name, rows, top=args.top)
         default = f"{name}-report.html"
     path = html.write_page(args.out or default, page)

@@ -127,7 +127,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         storage = storage or open_storage(url, wait=args.storage_retry)
         with storage_errors(url):  # a damaged file may only show here: one line naming it
             study = load_study(ident, storage=storage)
-            studies[ident] = results.rows_from_study(study)
+            studies[ident] = results.rows_from_study(study, runs_dir=args.runs)
             warn_unfinished(ident, study, url)  # trials the summary cannot count yet
     if args.compare:
         sys.stdout.write(results.compare_table(studies, top=args.top, fmt=args.format))
@@ -144,9 +144,18 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_features(args: argparse.Namespace) -> int:
-    from endebias.report.feature_plots import plot_features
+    from endebias.report.feature_plots import DamagedLabels, plot_features
 
-    for path in plot_features(args.run, args.out):
+    try:
+        paths = plot_features(args.run, args.out)
+    except DamagedLabels as error:
+        # The labels depend only on the run's config and data: write them again.
+        from endebias.training.feature_labels import repair_labels
+
+        log.warning("%s; writing it again from the run's config and data", error)
+        repair_labels(Path(args.run), data_dir=args.data_dir)
+        paths = plot_features(args.run, args.out)
+    for path in paths:
         print(path)
     return 0
 
@@ -245,6 +254,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     features = figures.add_parser("features", help="PCA of a run's saved features: GIF + PNG")
     features.add_argument("run", help="run folder trained with --save-features N")
     features.add_argument("--out", help="output folder (default: the run folder)")
+    features.add_argument("--data-dir", help="data folder, to write a damaged labels.npz "
+                          "again (default: $ENDEBIAS_DATA, ~/.cache/endebias)")
     features.set_defaults(handler=cmd_plot_features)
 
 

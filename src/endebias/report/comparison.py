@@ -21,6 +21,7 @@ from endebias.report.results import (
     PAPER_TABLE1,
     Row,
     Run,
+    distinct_runs,
     load_run,
     load_runs,
     mean_std,
@@ -171,7 +172,7 @@ def find_runs(folders: list[str | Path]) -> list[Run]:
             continue
         # A damaged run is skipped with a warning naming its file (results.load_runs).
         found += load_runs([p for p in sorted(folder.iterdir()) if (p / records.CONFIG).exists()])
-    return found
+    return distinct_runs(found)  # a copied run folder is not another seed
 
 
 def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:

@@ -50,18 +50,20 @@ def load_features(run_dir: str | Path) -> tuple[dict[int, np.ndarray], np.ndarra
     return dict(sorted(epochs.items())), targets, biases
 
 
+class DamagedLabels(ValueError):
+    """``labels.npz`` cannot be read; ``endebias plot features`` writes it again from the
+    run's config and data (endebias.training.feature_labels)."""
+
+
 def _read_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The saved labels, checked: a damaged file is named, with what fixes it."""
     try:
         with np.load(path) as labels:
             targets, biases = labels["targets"], labels["biases"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"{path}: damaged ({type(error).__name__}); the next epoch of the run trained "
-            "with --save-features writes it again (--resume)"
-        ) from None
+        raise DamagedLabels(f"{path}: damaged ({type(error).__name__})") from None
     if targets.ndim != 1 or targets.shape != biases.shape:
-        raise ValueError(f"{path}: damaged (targets {targets.shape}, biases {biases.shape})")
+        raise DamagedLabels(f"{path}: damaged (targets {targets.shape}, biases {biases.shape})")
     return targets, biases
 
 

@@ -56,7 +56,24 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
             damaged.append(str(run_dir))
     if damaged and not runs:
         raise ValueError(f"no readable run: all {len(damaged)} are damaged ({', '.join(damaged)})")
-    return runs
+    return distinct_runs(runs)
+
+
+def distinct_runs(runs: list[Run]) -> list[Run]:
+    """Each run once: a folder whose config equals an earlier one's (a copy, or the same
+    seed trained twice, which gives the same numbers) is left out with a warning, so it
+    never counts as another seed."""
+    first: dict[str, Run] = {}
+    kept = []
+    for run in runs:
+        key = records.config_hash(run.config)
+        if key in first:
+            log.warning("%s is a copy of %s (the same config, seed %s): counted once",
+                        run.path, first[key].path, run.config.get("seed"))
+            continue
+        first[key] = run
+        kept.append(run)
+    return kept
 
 
 def percent(value: float | None) -> str:
@@ -151,18 +168,29 @@ def _id_key(ident: str) -> tuple[int, str]:
     return (int(ident), "") if ident.isdigit() else (1 << 62, ident)
 
 
-def rows_from_study(study: Any) -> list[Row]:
+def rows_from_study(study: Any, *, runs_dir: str | Path | None = None) -> list[Row]:
     """Rows of an Optuna study made by ``endebias sweep``: one per trial with a result.
-    Left out: trials that were re-queued (their retry holds the run), trials an agent
+    Left out, each kind named in a warning: trials that were re-queued (their retry holds
+    the run), trials that ended without a finished epoch; and, silently, trials an agent
     skipped (the sweep was full, another trial trained the same config) and repeats of a
-    config already listed."""
+    config already listed. With ``runs_dir``, each trial's run folder is looked up under
+    ``runs_dir/<sweep id>/`` (a copied or moved sweep) before the path stored with it."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.user_attrs["requeued_from"] for t in trials if "requeued_from" in t.user_attrs}
+    if retried:
+        log.warning("sweep %s: trial%s %s re-queued (agent killed or interrupted): each "
+                    "counted once, by the retry that holds its run", study.study_name,
+                    "s" * (len(retried) > 1), ", ".join(map(str, sorted(retried))))
     rows, seen_runs = [], set()
+    no_epoch = []
     for trial in trials:
         attrs = trial.user_attrs
-        if trial.number in retried or attrs.get("skipped") or attrs.get("valid_acc") is None:
+        if trial.number in retried or attrs.get("skipped"):
+            continue
+        if attrs.get("valid_acc") is None:
+            if trial.state.is_finished():  # a running one is named by warn_unfinished
+                no_epoch.append(f"{trial.number} ({trial.state.name.lower()})")
             continue
         # The same config asked twice trains once: one row per run folder.
         if attrs.get("run_dir") in seen_runs:
@@ -172,10 +200,22 @@ def rows_from_study(study: Any) -> list[Row]:
             id=str(trial.number), state=trial.state.name, valid_acc=attrs["valid_acc"],
             biased_test_acc=attrs.get("biased_test_acc"),
             unbiased_test_acc=attrs.get("unbiased_test_acc"),
-            config=attrs.get("config", {}), run_dir=attrs.get("run_dir"),
+            config=attrs.get("config", {}),
+            run_dir=_run_here(attrs.get("run_dir"), study.study_name, runs_dir),
             epoch=attrs.get("best_epoch"),
         ))
+    if no_epoch:
+        log.warning("sweep %s: trial%s %s ended without a finished epoch: not in the table",
+                    study.study_name, "s" * (len(no_epoch) > 1), ", ".join(no_epoch))
     return sort_rows(rows)
+
+
+def _run_here(stored: str | None, sweep_id: str, runs_dir: str | Path | None) -> str | None:
+    """The trial's run folder under ``runs_dir`` when it is there, else as stored."""
+    if stored is None or runs_dir is None:
+        return stored
+    here = Path(runs_dir) / sweep_id / Path(stored).name
+    return str(here) if (here / records.CONFIG).exists() else stored
 
 
 def rows_from_runs(folder: str | Path) -> list[Row]:
@@ -189,9 +229,16 @@ def rows_from_runs(folder: str | Path) -> list[Row]:
     else:
         folders = sorted(p for p in Path(folder).iterdir() if (p / records.CONFIG).exists())
     for run in load_runs(folders):
-        if run.best is None:
-            continue
         state = "COMPLETE" if run.done else "FAIL" if run.error else "RUNNING"
+        if run.best is None:  # shown, without numbers: killed in (or still in) epoch 1
+            state = "FAIL" if run.error else "NO_EPOCH"
+            log.warning("%s: no finished epoch (%s); listed without results", run.path,
+                        run.error or "killed in its first epoch, or still in it; "
+                        "endebias train --resume continues it")
+            rows.append(Row(id=run.path.name, state=state, valid_acc=None,
+                            biased_test_acc=None, unbiased_test_acc=None, config=run.config,
+                            run_dir=str(run.path)))
+            continue
         rows.append(Row(
             id=run.path.name, state=state, valid_acc=run.best.get("valid_acc"),
             biased_test_acc=run.best.get("biased_test_acc"),

@@ -17,6 +17,7 @@ from endebias.methods import Method
 from endebias.metrics import group_counts, group_metrics
 from endebias.training import distributed, records
 from endebias.training.config import TrainConfig
+from endebias.training.feature_labels import feature_split, write_labels
 from endebias.training.steppers import Stepper
 
 
@@ -147,9 +148,7 @@ def save_features(
 
     from endebias.hooks import capture_features
 
-    split = random_subset(
-        benchmark.evaluations.get("unbiased_test", benchmark.evaluations["valid"]), count, 1
-    )
+    split = feature_split(benchmark, count)
     folder = run_dir / "features"
     folder.mkdir(exist_ok=True)
     layer = getattr(method, "layer", None) or method.model.feature_layer
@@ -157,25 +156,7 @@ def save_features(
     with capture_features(method.model, layer) as captured:
         method(benchmark.prepare(split.inputs))
     features = captured.get().reshape(len(split), -1).float().cpu().numpy()
-    targets, biases = split.targets.cpu().numpy(), split.biases.cpu().numpy()
-    labels = folder / "labels.npz"
-    if not _labels_match(labels, targets, biases):  # missing, damaged or stale: rewrite
-        records.atomic_write(
-            labels, lambda handle: np.savez(handle, targets=targets, biases=biases)
-        )
+    write_labels(folder, split)
     records.atomic_write(
         folder / f"epoch_{epoch:03d}.npy", lambda handle: np.save(handle, features)
     )
-
-
-def _labels_match(path: Path, targets: Any, biases: Any) -> bool:
-    import zipfile
-
-    import numpy as np
-
-    try:
-        with np.load(path) as saved:
-            return bool(np.array_equal(saved["targets"], targets)
-                        and np.array_equal(saved["biases"], biases))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return False
