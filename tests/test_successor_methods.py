@@ -166,6 +166,9 @@ def test_lnl_routes_each_term_to_its_network():
     expected = _grads(method.model.encoder, ce + 0.3 * neg_entropy - 0.5 * bias_ce)
     for got, want in zip(_grads(method.model.encoder, loss), expected, strict=True):
         torch.testing.assert_close(got, want)
+    groups = method.optimizer_groups()
+    assert set(groups) == {"model", "bias_predictor"}
+    assert groups["bias_predictor"].parameters == list(predictor.parameters())
 
 
 # ----------------------------------------------------------------- validation ---
@@ -220,20 +223,38 @@ def test_sweep_create_refuses_a_bad_corner():
 
 
 # ------------------------------------------------------ planted-bias training ---
+# Two settings of the synthetic benchmark (a colour planted on 4 random 8x8 patterns):
+# an MLP, which learns the pattern somewhat (vanilla ~0.7 unbiased), and a tiny
+# SimpleConvNet, whose pooled features make the pattern so hard that vanilla reads the
+# colour alone (chance, ~0.26). Measured: DI, SD and LNL do not beat vanilla in either
+# within a test's budget (docs/methods.md), so they have no such test.
+SETTINGS = {
+    "mlp": {"model": "mlp", "rho": 0.97, "epochs": 4},
+    "conv": {"model": "simple-conv", "model_options": {"channels": [8, 16], "kernel_size": 3},
+             "rho": 0.95, "epochs": 8},
+}
 
 
-def _unbiased_accuracy(method: str, tmp_path: Path, *, epochs: int, **options) -> float:
+def _unbiased_accuracy(method: str, setting: str, tmp_path: Path) -> float:
+    chosen = dict(SETTINGS[setting])
     config = make_config(
         None, dataset="synthetic",
-        dataset_options={"rho": 0.97, "train_size": 512, "eval_size": 256},
-        model="mlp", method=method, method_options=options, epochs=epochs, batch_size=64,
-        lr=3e-3, lr_step=100, device="cpu", seed=0,
+        dataset_options={"rho": chosen.pop("rho"), "train_size": 512, "eval_size": 256},
+        method=method, batch_size=64, lr=3e-3, lr_step=100, device="cpu", seed=0, **chosen,
     )
-    best = fit(config, tmp_path / method, progress=False)
-    return best["unbiased_test_acc"]
+    return fit(config, tmp_path / f"{method}-{setting}", progress=False)["unbiased_test_acc"]
 
 
-def test_fairkl_beats_vanilla_on_planted_bias(tmp_path):
-    vanilla = _unbiased_accuracy("vanilla", tmp_path, epochs=4)
-    ours = _unbiased_accuracy("fairkl", tmp_path, epochs=4)
-    assert ours > vanilla + 0.1, (ours, vanilla)
+@pytest.fixture(scope="module")
+def vanilla_accuracy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vanilla")
+    return {setting: _unbiased_accuracy("vanilla", setting, folder) for setting in SETTINGS}
+
+
+@pytest.mark.parametrize(("method", "setting", "margin"),
+                         [("fairkl", "mlp", 0.1), ("biascon", "conv", 0.04),
+                          ("bcbb", "conv", 0.04)])
+def test_method_beats_vanilla_on_planted_bias(method, setting, margin, vanilla_accuracy,
+                                               tmp_path):
+    ours = _unbiased_accuracy(method, setting, tmp_path)
+    assert ours > vanilla_accuracy[setting] + margin, (ours, vanilla_accuracy[setting])

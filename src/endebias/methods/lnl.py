@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from endebias.hooks import capture_features
-from endebias.methods import Method, register_method
+from endebias.methods import Method, OptimizerGroup, register_method
 from endebias.methods.features import feature_size, resolve_layer
 from endebias.methods.options import check_nonnegative
 
@@ -70,6 +70,14 @@ class LearningNotToLearn(Method):
         self.bias_predictor = nn.Sequential(
             nn.Linear(width, width), nn.ReLU(), nn.Linear(width, self.num_biases)
         )
+
+    def optimizer_groups(self) -> dict[str, OptimizerGroup]:
+        # As the authors' code: the bias predictor has its own optimiser, with the same
+        # learning rate, weight decay and schedule as the model's.
+        return {
+            "model": OptimizerGroup(list(self.model.parameters())),
+            "bias_predictor": OptimizerGroup(list(self.bias_predictor.parameters())),
+        }
 
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor

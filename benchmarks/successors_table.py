@@ -1,0 +1,79 @@
+"""Every method on one small Biased MNIST budget, one after another in one process, with
+each method's seconds per epoch relative to vanilla measured in the same run.
+
+    python benchmarks/successors_table.py --data-dir ../shared/data/mnist \
+        [--rho 0.997] [--seed 1] [--train-subset 6000] [--eval-subset 2000] [--epochs 4] \
+        [--methods vanilla end ...] [--threads 2] [--out runs/successors-table]
+
+The quick preset's network and optimiser (docs/methods.md) on a random --train-subset of
+the training split for --epochs epochs (the learning-rate drop of the quick preset comes
+after epoch 4), each method at its defaults (EnD at the quick preset's). Runs go to
+OUT/<method>/ and are reused when complete, so the script can be stopped and restarted.
+Prints a Markdown table: unbiased and biased test accuracy at the epoch with the best
+validation accuracy, and the mean training seconds per epoch, absolute and over vanilla's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from endebias.methods import method_names
+from endebias.training import records
+from endebias.training.config import make_config
+from endebias.training.fit import fit
+
+# gce is a bias-capturing model, not a debiasing method: left out by default.
+DEFAULT_METHODS = [name for name in method_names() if name != "gce"]
+
+
+def epoch_seconds(run_dir: Path) -> float:
+    lines = (run_dir / records.METRICS).read_text().splitlines()
+    return statistics.mean(json.loads(line)["train_seconds"] for line in lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out", default="runs/successors-table")
+    parser.add_argument("--rho", type=float, default=0.997)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--train-subset", type=int, default=6000)
+    parser.add_argument("--eval-subset", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--methods", nargs="+", choices=method_names(), default=DEFAULT_METHODS)
+    parser.add_argument("--threads", type=int, help="torch threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for method in args.methods:
+        config = make_config(
+            "quick", dataset_options={"rho": args.rho}, method=method, seed=args.seed,
+            epochs=args.epochs, train_subset=args.train_subset, eval_subset=args.eval_subset,
+        )
+        run_dir = Path(args.out) / method
+        started = time.perf_counter()
+        best = fit(config, run_dir, data_dir=args.data_dir, resume=True, progress=False)
+        seconds = epoch_seconds(run_dir)
+        rows.append((method, best, seconds))
+        print(f"{method}: unbiased {100 * best['unbiased_test_acc']:.2f}, {seconds:.1f} s/epoch "
+              f"({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+    vanilla = next((s for m, _, s in rows if m == "vanilla"), None)
+    print()
+    print("| method | unbiased % | biased % | best epoch | s/epoch | × vanilla |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for method, best, seconds in rows:
+        relative = f"{seconds / vanilla:.2f}" if vanilla else "-"
+        print(f"| {method} | {100 * best['unbiased_test_acc']:.2f} | "
+              f"{100 * best['biased_test_acc']:.2f} | {best['epoch']} | {seconds:.1f} | "
+              f"{relative} |")
+
+
+if __name__ == "__main__":
+    main()
