@@ -3,7 +3,8 @@ each rho, every method at its default setting (EnD at alpha = beta = 1), or at t
 setting of a sweep.
 
     python benchmarks/quick_table.py --data-dir ../shared/data/mnist [--rhos 0.997 ...]
-        [--methods vanilla end groupdro lff biasbal] [--threads 1]
+        [--methods vanilla end groupdro lff biasbal rubi learned-mixin rebias] [--threads 1]
+        [--train-subset N --eval-subset N]
         [--best-from METHOD=SWEEP_ID ... --storage URL --out runs/quick-table-best]
         [--set METHOD.OPTION=VALUE ...]
 
@@ -29,7 +30,9 @@ from endebias.sweeps.storage import load_study
 from endebias.training.config import make_config
 from endebias.training.fit import fit
 
-METHODS = {"vanilla": {}, "end": DEMO_END_OPTIONS, "groupdro": {}, "lff": {}, "biasbal": {}}
+METHODS = {"vanilla": {}, "end": DEMO_END_OPTIONS, "groupdro": {}, "lff": {}, "biasbal": {},
+           "rubi": {}, "learned-mixin": {}, "rebias": {}}
+DEFAULT_METHODS = ["vanilla", "end", "groupdro", "lff", "biasbal"]
 
 
 def main() -> None:
@@ -38,7 +41,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/quick-table")
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.999, 0.997, 0.995, 0.990])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
+                        help="the paper's Table 1 rows: vanilla learned-mixin rubi rebias end")
+    parser.add_argument("--train-subset", type=int,
+                        help="train on this many images only (a smaller budget; the folder "
+                             "names it)")
+    parser.add_argument("--eval-subset", type=int, help="evaluate on this many per split")
     parser.add_argument("--threads", type=int, help="torch threads (1 when running two at once)")
     parser.add_argument("--best-from", nargs="+", default=[], metavar="METHOD=SWEEP_ID",
                         help="train METHOD at the best trial's options of that sweep")
@@ -75,8 +83,12 @@ def main() -> None:
         for rho in args.rhos:
             for method in args.methods:
                 config = make_config("quick", dataset_options={"rho": rho}, method=method,
-                                     method_options=options[method], seed=seed, amp=args.amp)
+                                     method_options=options[method], seed=seed, amp=args.amp,
+                                     train_subset=args.train_subset,
+                                     eval_subset=args.eval_subset)
                 suffix = {"on": "-bf16", "off": "-fp32"}.get(args.amp, "")
+                if args.train_subset or args.eval_subset:
+                    suffix += f"-train{args.train_subset or 'all'}-eval{args.eval_subset or 'all'}"
                 run_dir = Path(args.out) / f"{method}-rho{rho}-seed{seed}{suffix}"
                 started = time.perf_counter()
                 best = fit(config, run_dir, data_dir=args.data_dir, resume=True, progress=False)

@@ -97,10 +97,15 @@ def test_markdown_table_shows_ours_and_the_paper_apart(table_runs, capsys):
     lines = out.splitlines()
     assert lines[2] == "| method | 0.997 | 0.990 |"
     assert lines[4] == "| Vanilla (published in the paper) | 33.4 | 89.1 |"
-    assert lines[5] == "| EnD (published in the paper) | 83.70 ± 1.03 | 96.02 ± 0.08 |"
+    # Every row of the paper's Table 1, copied; HEX marked as not trained by endebias.
+    assert lines[5] == "| HEX (published in the paper; not in endebias) | 16.6 | 24.7 |"
+    assert lines[6] == "| LearnedMixin (published in the paper) | 50.2 | 88.3 |"
+    assert lines[7] == "| RUBi (published in the paper) | 43.0 | 93.6 |"
+    assert lines[8] == "| ReBias (published in the paper) | 64.2 | 88.1 |"
+    assert lines[9] == "| EnD (published in the paper) | 83.70 ± 1.03 | 96.02 ± 0.08 |"
     values = 100 * np.array([0.60, 0.64, 0.71])
     expected = f"{values.mean():.2f} ± {values.std():.2f} (n=3)"
-    assert lines[7] == f"| end alpha=1 beta=1 (ours) | {expected} | - |"
+    assert lines[11] == f"| end alpha=1 beta=1 (ours) | {expected} | - |"
     assert "| 0.990 | groupdro | 1 | 99.00 ± 0.00 | 50.00 ± 0.00 | 45.00 ± 0.00 | 15 | - |" in out
     assert "1 unfinished or failed run(s) left out." in out
 
@@ -224,3 +229,31 @@ def test_paper_rows_only_when_every_run_is_biased_mnist(tmp_path, capsys):
     )
     # The long table still gives the paper's figure beside the Biased MNIST row.
     assert "| dataset=biased-mnist, rho=0.997 | end | 1 |" in out and "83.70 ± 1.03" in out
+
+
+def test_table_1_methods_sit_beside_their_published_rows_and_say_they_need_no_bias_labels(
+    tmp_path, capsys
+):
+    folder = tmp_path / "table1"
+    for method, value in (("rubi", 0.40), ("learned-mixin", 0.45), ("rebias", 0.55),
+                          ("vanilla", 0.10), ("end", 0.65)):
+        write_run(folder, method, method=method, rho=0.997, seed=1, unbiased=value)
+    assert main(["results", "--by-method", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ours = [line for line in lines if "(ours" in line]
+    # Ours in the paper's order, under its six published rows.
+    assert [line.split(" (")[0] for line in ours] == [
+        "| vanilla [EnD model]", "| learned-mixin", "| rubi", "| rebias", "| end"]
+    assert ours[1] == "| learned-mixin (ours, no bias labels) | 45.00 ± 0.00 (n=1) |"
+    assert ours[2].startswith("| rubi (ours, no bias labels) |")
+    assert ours[4].startswith("| end (ours) |")
+    assert ours[0].endswith("(ours) | 10.00 ± 0.00 (n=1) |")
+    assert ("| biased-mnist | rebias | 1 | 99.00 ± 0.00 | 55.00 ± 0.00 | 50.00 ± 0.00 | 15 "
+            "| 64.2 |") in lines
+
+
+def test_the_no_bias_label_methods_are_those_of_the_registry():
+    from endebias.methods import method_class, method_names
+
+    expected = {n for n in method_names() if not method_class(n).uses_bias_labels} - {"vanilla"}
+    assert expected == comparison.WITHOUT_BIAS_LABELS

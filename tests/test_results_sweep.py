@@ -105,8 +105,10 @@ def test_compare_lays_sweeps_out_as_table_1(storage, capsys):
     lines = out.splitlines()
     assert lines[2] == "| method | 0.999 | 0.997 | 0.995 | 0.990 |"
     assert lines[4] == "| Vanilla (paper) | 10.4 | 33.4 | 72.1 | 89.1 |"
-    assert lines[5] == "| EnD (paper) | 52.30 ± 2.39 | 83.70 ± 1.03 | 93.92 ± 0.35 | 96.02 ± 0.08 |"
-    assert lines[6].startswith("| end (ours, quick preset) | - | 88.62 ± 0.54 | - | ")
+    assert lines[5] == "| HEX (paper) | 10.8 | 16.6 | 19.7 | 24.7 |"  # ReBias's Table 1 rows
+    assert lines[8] == "| ReBias (paper) | 22.7 | 64.2 | 76.0 | 88.1 |"
+    assert lines[9] == "| EnD (paper) | 52.30 ± 2.39 | 83.70 ± 1.03 | 93.92 ± 0.35 | 96.02 ± 0.08 |"
+    assert lines[10].startswith("| end (ours, quick preset) | - | 88.62 ± 0.54 | - | ")
     as_json = json.loads(run(capsys, "results", STUDY, "runs_rho0.990", "--storage", storage,
                              "--compare", "--format", "json"))
     ours = [r for r in as_json if r["method"].startswith("end (ours")]

@@ -109,12 +109,21 @@ def side_by_side_table(runs: dict[str, Run]) -> str:
 
 METRIC_COLUMNS = ("valid_acc", "biased_test_acc", "unbiased_test_acc")
 SUMMARY_METRICS = ("biased_test_acc", "unbiased_test_acc")
-# The paper's Table 1 (unbiased test accuracy, %), docs/design.md section 3: (mean, std or None).
+# The paper's Table 1 (unbiased test accuracy, %), docs/design.md section 3: (mean, std or
+# None), in the paper's order. All rows but EnD's are ReBias's Table 1 (Bahng et al. 2020).
 PAPER_TABLE1: dict[str, dict[float, tuple[float, float | None]]] = {
     "Vanilla": {0.999: (10.4, None), 0.997: (33.4, None), 0.995: (72.1, None), 0.990: (89.1, None)},
+    "HEX": {0.999: (10.8, None), 0.997: (16.6, None), 0.995: (19.7, None), 0.990: (24.7, None)},
+    "LearnedMixin": {0.999: (12.1, None), 0.997: (50.2, None), 0.995: (78.2, None),
+                     0.990: (88.3, None)},
+    "RUBi": {0.999: (13.7, None), 0.997: (43.0, None), 0.995: (90.4, None), 0.990: (93.6, None)},
+    "ReBias": {0.999: (22.7, None), 0.997: (64.2, None), 0.995: (76.0, None), 0.990: (88.1, None)},
     "EnD": {0.999: (52.30, 2.39), 0.997: (83.70, 1.03), 0.995: (93.92, 0.35), 0.990: (96.02, 0.08)},
 }
-PAPER_DIGITS = {"Vanilla (paper)": 1}  # printed as the paper prints them
+# Printed as the paper prints them: one decimal for every row but EnD's.
+PAPER_DIGITS = {f"{name} (paper)": 1 for name in PAPER_TABLE1 if name != "EnD"}
+# Rows of the paper that no method of endebias trains.
+PAPER_NOT_HERE = {"HEX"}
 
 
 @dataclass
@@ -326,7 +335,7 @@ def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text")
 
 def compare_table(studies: dict[str, list[Row]], *, top: int = 3, fmt: str = "markdown") -> str:
     """Several sweeps as the paper's Table 1: unbiased test accuracy per rho (columns), the
-    paper's Vanilla and EnD rows, then ours (top-k mean ± population std)."""
+    paper's rows, then ours (top-k mean ± population std)."""
     ours: dict[str, dict[float, tuple[float, float] | None]] = {}
     for name, rows in studies.items():
         config = next((r.config for r in rows if r.config), {})
