@@ -53,13 +53,14 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
     from endebias.sweeps.storage import default_storage
     from endebias.training.tracking import require_trackers
 
-    if args.pack is not None and args.pack != 1:  # several trials as one packed model
-        return _packed_agent(args)
-    require_trackers(wandb_project=args.wandb, tensorboard=args.tensorboard)
+    pack = 1 if args.pack is None else args.pack  # > 1: several trials as one packed model
+    if pack == 1:
+        require_trackers(wandb_project=args.wandb, tensorboard=args.tensorboard)
     try:
         result = run_agent(
             args.id,
             storage=args.storage or default_storage(args.runs),
+            pack=pack,
             runs_dir=args.runs,
             count=args.count,
             prune=args.prune,
@@ -72,11 +73,10 @@ def cmd_sweep_agent(args: argparse.Namespace) -> int:
             budget=_budget(args),
         )
     except KeyboardInterrupt:
-        print(
-            "interrupted: the trial is back in the queue; the next agent resumes its run "
-            "folder from the last finished epoch",
-            file=sys.stderr,
-        )
+        which = "the trial is back in the queue; the next agent resumes its run folder" if (
+            pack == 1) else ("the packed trials are back in the queue; the next agent resumes "
+                             "their run folders")
+        print(f"interrupted: {which} from the last finished epoch", file=sys.stderr)
         return 130
     # Failing every trial (bad data, a broken option) is an error; a NaN run among others not.
     return 0 if result.complete or not result.failed else 1
@@ -86,25 +86,6 @@ def _budget(args: argparse.Namespace) -> dict[str, int]:
     """The agent's --epochs/--train-subset/--eval-subset that were given."""
     names = ("epochs", "train_subset", "eval_subset")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def _packed_agent(args: argparse.Namespace) -> int:
-    from endebias.sweeps.packed_agent import run_packed_agent
-    from endebias.sweeps.storage import default_storage
-
-    if args.wandb or getattr(args, "tensorboard", False):
-        raise ValueError("--pack does not mirror trials to a tracker; drop --pack or the tracker")
-    try:
-        result = run_packed_agent(
-            args.id, pack=args.pack, storage=args.storage or default_storage(args.runs),
-            runs_dir=args.runs, count=args.count, prune=args.prune, data_dir=args.data_dir,
-            agent_id=args.agent_id, storage_retry=args.storage_retry, budget=_budget(args),
-        )
-    except KeyboardInterrupt:
-        print("interrupted: the packed trials are back in the queue; the next agent resumes "
-              "their run folders from their last finished epoch", file=sys.stderr)
-        return 130
-    return 0 if result.complete or not result.failed else 1
 
 
 def cmd_results(args: argparse.Namespace) -> int:
