@@ -25,13 +25,6 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops at its last good checkpoint."""
 
 
-def random_subset(split: Split, size: int | None, seed: int) -> Split:
-    if size is None or size >= len(split):
-        return split
-    generator = torch.Generator().manual_seed(seed)
-    return split.subset(torch.randperm(len(split), generator=generator)[:size])
-
-
 @torch.no_grad()
 def evaluate(
     stepper: Stepper,

@@ -14,6 +14,7 @@ import torch
 from endebias.data import Benchmark, Split
 from endebias.training import records
 from endebias.training.config import TrainConfig
+from endebias.training.loading import load_benchmark, random_subset
 
 FEATURES = "features"
 LABELS = "labels.npz"
@@ -22,8 +23,6 @@ LABELS = "labels.npz"
 def feature_split(benchmark: Benchmark, count: int) -> Split:
     """The images whose features are saved: a fixed subset (seed 1) of the unbiased test
     split, or of the validation split where there is none."""
-    from endebias.training.epoch import random_subset  # epoch.py imports this module
-
     split = benchmark.evaluations.get("unbiased_test", benchmark.evaluations["valid"])
     return random_subset(split, count, 1)
 
@@ -41,8 +40,6 @@ def write_labels(folder: Path, split: Split) -> None:
 
 def repair_labels(run_dir: Path, *, data_dir: str | None) -> Path:
     """Write ``run_dir/features/labels.npz`` again from the run's config and its data."""
-    from endebias.training.fit import load_benchmark
-
     config = TrainConfig.from_dict(records.read_json_object(run_dir / records.CONFIG))
     if not config.save_features:
         raise ValueError(f"{run_dir} was not trained with --save-features: no labels to write")
