@@ -4,9 +4,11 @@ in which the mechanism shows."""
 
 from __future__ import annotations
 
+import json
 import math
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -273,3 +275,25 @@ def test_a_bias_model_that_cannot_take_the_inputs_is_named(name):
     with pytest.raises(ValueError, match="needs input_shape and build_network"):
         build_method(name, model=model, num_targets=2, num_biases=1, train_targets=two,
                      train_biases=two * 0)
+
+
+@pytest.mark.parametrize("name", ["rubi", "learned-mixin", "rebias"])
+def test_they_train_on_a_table_without_a_bias_column(tmp_path, capsys, name):
+    """No bias labels needed: a CSV with no bias column trains end to end from the command
+    line, the bias-only network an MLP on the table's columns."""
+    from endebias.cli.main import main
+
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=120), rng.normal(size=120)
+    rows = [f"{a:.4f},{b:.4f},{'Yes' if a + 0.3 * b > 0 else 'No'}"
+            for a, b in zip(x1, x2, strict=True)]
+    table = tmp_path / "t.csv"
+    table.write_text("x1,x2,type\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "tabular", "--dataset-option", f"path={table}",
+                 "--dataset-option", "target=type", "--model", "mlp", "--method", name,
+                 "--method-option", "bias_model=mlp", "--epochs", "2", "--batch-size", "32",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and "train_ce_bias_model" in history[0]
