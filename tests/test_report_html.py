@@ -16,6 +16,7 @@ from chromium_page import find_chromium, open_page
 from endebias.cli.main import main
 from endebias.report import results
 from endebias.report.comparison import find_runs
+from endebias.report.protocol import protocol_words
 from endebias.sweeps.storage import load_study
 from tiny_sweep import run_tiny_sweep
 
@@ -50,8 +51,8 @@ def test_sweep_page_carries_the_summary_every_trial_and_the_figures(sweep, capsy
     assert report(["tiny", "--storage", storage, "--out", str(out)], capsys)[0] == 0
     page = out.read_text()
     rows = results.rows_from_study(load_study("tiny", storage=storage))
-    # The top-k summary exactly as `endebias results` prints it.
-    assert html.escape(results.format_study("tiny", rows, top=3)) in page
+    # The top-k summary as `endebias results` prints it (in %, as the trials table).
+    assert html.escape("\n".join(results.summary_lines(rows, top=3))) in page
     trial_rows = re.findall(r"<tr( class=\"top\")?><td>([\d.]+)</td>", page)
     assert [float(v) for _, v in trial_rows] == [round(100 * r.valid_acc, 2) for r in rows]
     assert [bool(top) for top, _ in trial_rows] == [True] * 3  # all complete: all in the top 3
@@ -60,6 +61,9 @@ def test_sweep_page_carries_the_summary_every_trial_and_the_figures(sweep, capsy
     assert len(shown) == 3 + 1 + 3 and all(im.format == "PNG" for im in shown)
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from a network
     assert html.escape("no rho in its runs' configs") in page  # synthetic: no Table 1, said so
+    # The header says what the trials ran beside the paper's protocol, never "1 epochs".
+    assert f"; {html.escape(protocol_words(rows[0].config))}.</p>" in page
+    assert not re.search(r"\b1 epochs\b", page)
 
 
 def test_methods_page_carries_the_methods_table(sweep, capsys):

@@ -31,9 +31,13 @@ def as_matrix(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
     return np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=float)
 
 
-def group_matrix_png(rows: Sequence[Sequence[float | None]], *, title: str) -> bytes:
+def group_matrix_png(
+    rows: Sequence[Sequence[float | None]], *, title: str, target: str = "target",
+    bias: str = "bias",
+) -> bytes:
     """A target x bias accuracy matrix (digit x colour on Biased MNIST) as a heat map with
-    each group's accuracy written in its cell; empty groups stay blank."""
+    each group's accuracy written in its cell; empty groups stay blank. ``target`` and
+    ``bias`` label the axes (the dataset's names for them, e.g. ``target (digit)``)."""
     matrix = 100 * as_matrix(rows)
     targets, biases = matrix.shape
     size = max(3.6, 0.42 * max(targets, biases) + 1.6)
@@ -44,7 +48,7 @@ def group_matrix_png(rows: Sequence[Sequence[float | None]], *, title: str) -> b
             colour = "black" if value > 60 else "white"  # readable on viridis
             axis.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=7,
                       color=colour)
-    axis.set(xlabel="bias (colour)", ylabel="target (digit)")
+    axis.set(xlabel=bias, ylabel=target)
     axis.set_title(textwrap.fill(title, 48), fontsize=9)
     axis.set_xticks(range(biases))
     axis.set_yticks(range(targets))

@@ -18,6 +18,7 @@ from endebias import __version__
 from endebias.figures import group_matrix_png
 from endebias.report import comparison, report_figures, results
 from endebias.report.plots import plot_sweep
+from endebias.report.protocol import axis_labels, protocol_words
 from endebias.report.results import Row, Run, load_run
 from endebias.training import records
 
@@ -116,7 +117,9 @@ def _matrices(run: Run, label: str) -> list[str]:
         if key.endswith("_group_acc") and matrix:
             split = key.removesuffix("_group_acc")
             title = f"{label}: {split} accuracy per group (%), epoch {best['epoch']}"
-            figures.append(_image(group_matrix_png(matrix, title=title), title))
+            target, bias = axis_labels(run.config)
+            png = group_matrix_png(matrix, title=title, target=target, bias=bias)
+            figures.append(_image(png, title))
     return figures
 
 
@@ -133,10 +136,11 @@ def sweep_report(name: str, rows: list[Row], *, top: int = 3) -> str:
     facts = [f"{len(rows)} trials ({', '.join(f'{n} {s}' for s, n in states.items())})",
              f"method {config.get('method', '?')}", f"dataset {config.get('dataset', '?')}",
              f"rho {config.get('dataset_options', {}).get('rho', '-')}",
-             f"{config.get('preset') or 'custom'} preset, {config.get('epochs', '?')} epochs"]
+             protocol_words(config)]
     sections = [f'<p>{html.escape("; ".join(facts))}.</p>',
                 f"<h2>Summary: top {top} complete trials by valid accuracy</h2>",
-                f"<pre>{html.escape(results.format_study(name, rows, top=top))}</pre>"]
+                "<pre>" + html.escape("\n".join(results.summary_lines(rows, top=top)))
+                + "</pre>"]
     try:
         table1 = results.compare_table({name: rows}, top=top)
         sections += ["<h2>Beside the paper</h2>", markdown_to_html(table1)]
@@ -196,7 +200,9 @@ def methods_report(runs: list[Run], *, title: str = "Methods side by side") -> s
             if matrix is not None:
                 label = (f"{cell.label}{at}: unbiased test accuracy per group (%), "
                          f"mean of {len(cell.runs)} seed(s)")
-                sections.append(_image(group_matrix_png(matrix, title=label),
+                target, bias = axis_labels(cell.runs[0].config)
+                sections.append(_image(group_matrix_png(matrix, title=label, target=target,
+                                                        bias=bias),
                                        label))
     return _page(title, sections)
 

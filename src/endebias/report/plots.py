@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from endebias.report.protocol import axis_labels  # noqa: E402
 from endebias.report.results import Row, Run, load_run, option_names  # noqa: E402
 
 
@@ -46,9 +47,10 @@ def plot_comparison(
             axis.set_axis_off()
             continue
         image = axis.imshow(100 * matrix, vmin=0, vmax=100, cmap="viridis")
+        target, bias = axis_labels(run.config)
         axis.set(
-            xlabel="bias (colour); white: no test images",
-            ylabel="target (digit)",
+            xlabel=f"{bias}; white: no test images",
+            ylabel=target,
             title=f"{label}: accuracy per group (%)\nepoch {run.best['epoch']} (best valid)",
         )
         axis.set_xticks(range(matrix.shape[1]))

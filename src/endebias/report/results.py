@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from endebias.report.protocol import protocol_words
 from endebias.training import records
 
 log = logging.getLogger(__name__)
@@ -319,9 +320,10 @@ def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text")
         lines_out = [f"### {name}", "", "| " + " | ".join(columns) + " |",
                      "|" + "---:|" * (len(columns) - 2) + "---|---|"]
         lines_out += ["| " + " | ".join(c) + " |" for c in cells]
-        lines_out += ["", f"Top {top} complete runs by valid accuracy "
-                      "(mean ± population std, %):", ""]
-        lines_out += [f"- {metric}: {plus_minus(summary[metric])}" for metric in SUMMARY_METRICS]
+        header, *notes = summary_lines(rows, top=top)
+        lines_out += ["", header, ""]
+        lines_out += [f"- {line}" if line.startswith(SUMMARY_METRICS) else f"{line}\n"
+                      for line in notes]
         return "\n".join(lines_out) + "\n"
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}; known: text, csv, json, markdown")
@@ -329,8 +331,24 @@ def format_study(name: str, rows: list[Row], *, top: int = 3, fmt: str = "text")
     lines_out = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines_out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines_out.append(f"------- SUMMARY FOR {name} -------")
-    lines_out += [f"{metric}: {plus_minus(summary[metric])}" for metric in SUMMARY_METRICS]
+    lines_out += summary_lines(rows, top=top)
     return "\n".join(lines_out) + "\n\n"
+
+def summary_lines(rows: list[Row], *, top: int = 3) -> list[str]:
+    """The top-k summary in %, saying how many complete trials it is over when fewer
+    than ``top`` are (the paper averages 3), and what the trials ran when it is not the
+    paper's protocol."""
+    summary = summarize(rows, top=top)
+    complete = sum(row.state == "COMPLETE" for row in rows)
+    lines = [f"Top {top} complete runs by valid accuracy (mean ± population std, %):"]
+    if complete < top:
+        lines.append(f"only {complete} complete trial{'' if complete == 1 else 's'}: the "
+                     f"summary is over {complete}, not the top {top}")
+    config = next((r.config for r in rows if r.config), {})
+    if config:
+        lines.append(f"trials ran: {protocol_words(config)}")
+    lines += [f"{metric}: {plus_minus(summary[metric])}" for metric in SUMMARY_METRICS]
+    return lines
 
 
 def compare_table(studies: dict[str, list[Row]], *, top: int = 3, fmt: str = "markdown") -> str:
@@ -342,7 +360,8 @@ def compare_table(studies: dict[str, list[Row]], *, top: int = 3, fmt: str = "ma
         rho = config.get("dataset_options", {}).get("rho")
         if rho is None:
             raise ValueError(f"sweep {name!r}: no rho in its runs' configs, so no Table 1 column")
-        label = f"{config.get('method', '?')} (ours, {config.get('preset') or 'custom'} preset)"
+        # Never "the paper preset" for a run cut short: every difference is in the label.
+        label = f"{config.get('method', '?')} (ours, {protocol_words(config)})"
         while float(rho) in ours.get(label, {}):
             label += "'"  # a second sweep at the same rho gets its own row
         ours.setdefault(label, {})[float(rho)] = summarize(rows, top=top)["unbiased_test_acc"]
