@@ -170,6 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from endebias.training import distributed
     from endebias.training.fit import summary_line
     from endebias.training.pseudo_label_stages import fit_with_bias_labels
+    from endebias.training.run_lock import check_run_folder
 
     config = config_from_args(args)
     out = (
@@ -178,8 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else Path("runs")
         / (f"{config.dataset}-{config.method}-{records.config_hash(config.to_dict())}")
     )
-    if args.resume and not out.is_file() and not (out / records.CONFIG).is_file():
-        raise ValueError(f"nothing to resume in {out}")
+    check_run_folder(out, resume=args.resume)  # in use, config lost, nothing to resume
     # Under torchrun every process runs this; only rank 0 talks.
     main = int(os.environ.get("RANK", "0")) == 0
     if main:

@@ -9,7 +9,8 @@ least one complete, verifiable checkpoint exists. Loading checks the size and th
 before torch reads a byte, and always with ``weights_only=True``: a damaged file is
 reported by name, never handed to the unpickler, and torch's own error text (which
 suggests ``weights_only=False``, unsafe advice for a file of unknown origin) is never
-shown.
+shown. A checkpoint also names its run (``config_hash``, ``epoch``): one copied in from
+another run is refused on resume like a damaged one (:func:`run_identity`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +39,41 @@ OPTIMIZER_KEYS = (("optimizers", "schedulers"), ("optimizer", "scheduler"))
 
 class CheckpointError(ValueError):
     """A checkpoint is damaged and there is no good one to fall back to."""
+
+
+# A check of a decoded state against the run it is loaded for: a reason, or None.
+Identity = Callable[[dict[str, Any]], str | None]
+
+
+def run_identity(config_hash: str, recorded: list[dict[str, Any]] | None) -> Identity:
+    """Whether a checkpoint is this run's: it names the run's config hash (checkpoints
+    of older versions name none), its epoch count is its history's, and that history
+    agrees with the epochs on record. The records may lag the checkpoint by one epoch (a
+    kill between the two writes) or lead it (the previous checkpoint, after a damaged
+    latest one), never more; a copied-in checkpoint of another run fails here. Records
+    that cannot be read (None) are not compared."""
+
+    def check(state: dict[str, Any]) -> str | None:
+        history = state["history"]
+        theirs = state.get("config_hash")
+        if theirs is not None and theirs != config_hash:
+            return (f"belongs to another run (config hash {theirs}, this run's "
+                    f"{config_hash})")
+        if state.get("epoch", len(history)) != len(history):
+            return f"damaged (epoch {state.get('epoch')} with {len(history)} epochs of history)"
+        if recorded is None:
+            return None
+        if len(history) > len(recorded) + 1:
+            return (f"holds {len(history)} epochs, but the run's records only {len(recorded)}: "
+                    "not this run's")
+        for mine, kept in zip(recorded, history, strict=False):
+            if (mine.get("epoch"), mine.get("valid_acc")) != (
+                    kept.get("epoch"), kept.get("valid_acc")):
+                return (f"disagrees with the run's records at epoch {mine.get('epoch')} "
+                        "(another run's, or the records were changed)")
+        return None
+
+    return check
 
 
 def encode(state: dict[str, Any]) -> bytes:
@@ -64,8 +101,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     records.atomic_write(path, write, before_replace=keep_previous)
 
 
-def _decode(path: Path) -> dict[str, Any]:
-    """The verified state of one checkpoint file; :class:`CheckpointError` says why not."""
+def _decode(path: Path, identity: Identity | None = None) -> dict[str, Any]:
+    """The verified state of one checkpoint file; :class:`CheckpointError` says why not
+    (damaged, or not this run's by ``identity``)."""
     try:
         data = path.read_bytes()
     except PermissionError:
@@ -94,29 +132,33 @@ def _decode(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: damaged (not a training checkpoint)")
     if not isinstance(state["history"], list):
         raise CheckpointError(f"{path}: damaged (no epoch history)")
+    problem = identity(state) if identity is not None else None
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     if at < 0:
         log.warning("%s has no checksum (written by an older endebias); loaded unverified", path)
     return state
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+def load_checkpoint(run_dir: Path, identity: Identity | None = None) -> dict[str, Any] | None:
     """The run's latest good checkpoint (on the CPU), or None when it has none.
 
-    A damaged ``checkpoint.pt`` falls back, with a warning naming it, to the previous good
-    checkpoint; with none to fall back to, :class:`CheckpointError` names the damaged file
-    and says that ``--resume`` refuses (restarting would overwrite finished epochs).
+    A damaged ``checkpoint.pt``, or one that is not this run's by ``identity`` (see
+    :func:`run_identity`), falls back, with a warning naming it, to the previous good
+    checkpoint; with none to fall back to, :class:`CheckpointError` names the file and
+    says that ``--resume`` refuses (restarting would overwrite finished epochs).
     """
     run_dir = Path(run_dir)
     latest, previous = run_dir / records.CHECKPOINT, run_dir / records.PREVIOUS_CHECKPOINT
     problem: CheckpointError | None = None
     if latest.exists():
         try:
-            return _decode(latest)
+            return _decode(latest, identity)
         except CheckpointError as error:
             problem = error
     if previous.exists():
         try:
-            state = _decode(previous)
+            state = _decode(previous, identity)
         except CheckpointError as error:
             problem = problem or error
         else:

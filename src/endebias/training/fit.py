@@ -91,6 +91,9 @@ def existing_run(config: TrainConfig, run_dir: Path, *, resume: bool) -> dict[st
     record of a finished run; an error for another run, or this run without ``resume``."""
     config_path = run_dir / records.CONFIG
     if not config_path.exists():
+        problem = records.without_config(run_dir)
+        if problem is not None:  # a run's records, its config lost: never trained over
+            raise RunAlreadyExistsError(problem)
         return None
     if records.read_json(config_path) != config.to_dict():
         raise RunAlreadyExistsError(
@@ -188,7 +191,7 @@ def fit(
             raise
         if main:
             _start(member)
-        state = resume_state(run_dir, resume=resume)
+        state = resume_state(run_dir, resume=resume, config=config)
         if state is not None:
             stepper.load([state])
             member.history = list(state["history"])
@@ -267,7 +270,8 @@ def _train_packs(todo: list[Member], *, data_dir: str | None, resume: bool,
     for member in todo:
         try:
             solos[member.index] = build_run_method(member.config, shared.benchmark)
-            states[member.index] = resume_state(member.run_dir, resume=resume) or {
+            states[member.index] = resume_state(member.run_dir, resume=resume,
+                                                config=member.config) or {
                 "method": solos[member.index].state_dict()}
         except ValueError as error:  # its options, or a resume it refuses
             outcomes[member.index] = error

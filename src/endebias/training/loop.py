@@ -26,7 +26,7 @@ from torch import Tensor
 from endebias.data import Benchmark, Split
 from endebias.metrics import aligned_groups, group_counts
 from endebias.training import records
-from endebias.training.checkpoint import load_checkpoint, save_checkpoint
+from endebias.training.checkpoint import load_checkpoint, run_identity, save_checkpoint
 from endebias.training.config import TrainConfig
 from endebias.training.epoch import NonFiniteLossError, evaluate, save_features, train_epoch
 from endebias.training.fastpath import FastPath
@@ -88,11 +88,24 @@ def best(history: list[dict[str, Any]]) -> dict[str, Any]:
     return max(history, key=lambda r: (r["valid_acc"], -r["epoch"]))
 
 
-def resume_state(run_dir: Path, *, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint a member continues from (verified; the previous good one if the
-    latest is damaged), or None to start; finished epochs without one are refused."""
-    state = load_checkpoint(run_dir) if resume else None
-    if state is None and resume and records.read_metrics(run_dir):
+def resume_state(run_dir: Path, *, resume: bool, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint a member continues from (verified, and this run's: the previous good
+    one if the latest is damaged or another run's), or None to start; finished epochs
+    without one are refused."""
+    if not resume:
+        return None
+    damaged: records.DamagedRecordError | None = None
+    try:
+        recorded: list[dict[str, Any]] | None = records.read_metrics(run_dir)
+    except records.DamagedRecordError as error:  # the checkpoint's history replaces it
+        recorded, damaged = None, error
+    state = load_checkpoint(run_dir, run_identity(records.config_hash(config.to_dict()),
+                                                  recorded))
+    if damaged is not None:
+        if state is None:
+            raise damaged
+        log.warning("%s; the checkpoint's history replaces it", damaged)
+    if state is None and recorded:
         # Starting over would overwrite finished epochs that no checkpoint can restore.
         raise ValueError(f"{run_dir} has finished epochs on record but no checkpoint; "
                          "--resume refuses (move the folder away to train the run again)")
@@ -212,7 +225,9 @@ def _save(member: Member, stepper: Stepper, position: int, shared: Shared) -> No
     if member.config.save_features:  # solo runs only (packs refuse it)
         save_features(stepper.method, shared.benchmark, run_dir, len(history),
                       member.config.save_features)
-    state = {"history": history, **stepper.checkpoint(position), "rng": torch.get_rng_state()}
+    state = {"history": history, **stepper.checkpoint(position), "rng": torch.get_rng_state(),
+             # What the checkpoint belongs to, checked on resume (checkpoint.run_identity).
+             "config_hash": records.config_hash(member.config.to_dict()), "epoch": len(history)}
     if shared.device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     save_checkpoint(run_dir / records.CHECKPOINT, state)

@@ -5,6 +5,7 @@ Nothing here writes a file.
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import torch
@@ -74,11 +75,35 @@ def check_forward(method: Method, benchmark: Benchmark, config: TrainConfig) -> 
         )
 
 
+def check_training_step(method: Method, benchmark: Benchmark, config: TrainConfig) -> None:
+    """One training step of a copy of the method on a few training inputs, its weights,
+    statistics and the random generators left as they were: what fails only once training
+    starts (a layer name the model lacks, an option that overflows in the loss) fails
+    here, before the run folder holds a record."""
+    count = min(len(benchmark.train), 4)
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    trial = copy.deepcopy(method).train()
+    try:
+        trial.training_step(benchmark.prepare(benchmark.train.inputs[:count]),
+                            benchmark.train.targets[:count], benchmark.train.biases[:count],
+                            torch.arange(count, device=benchmark.train.targets.device))
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"method {config.method!r} cannot train model {config.model!r}: "
+                         f"{reason}") from None
+    finally:
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
 def prepare_solo(config: TrainConfig, shared: Shared, context: DistContext | None) -> SoloStepper:
     """The config's method on its device, checked with one forward pass, set up for
     several processes if need be, with its optimisers: a solo run ready to step."""
     method = build_run_method(config, shared.benchmark).to(shared.device)
     check_forward(method, shared.benchmark, config)
+    check_training_step(method, shared.benchmark, config)
     distributed.prepare_method(method, context, shared.device)
     shared.fast.apply(method)
     stepper = SoloStepper(method, config, device=shared.device, fast=shared.fast, context=context)

@@ -32,6 +32,28 @@ ERROR = "error.json"
 LOCK = ".lock"
 
 
+# What makes a folder a run: any of these, with or without its config.
+RUN_RECORDS = (METRICS, BEST, CHECKPOINT, PREVIOUS_CHECKPOINT, DONE, ERROR)
+
+
+def run_records(run_dir: Path) -> list[str]:
+    """The run records ``run_dir`` holds (its config apart)."""
+    return [name for name in RUN_RECORDS if (Path(run_dir) / name).exists()]
+
+
+def without_config(run_dir: Path) -> str | None:
+    """Why ``run_dir`` may not be trained into though it has no ``config.json``: it holds
+    another run's records (or this run's, its config lost). None when it holds none."""
+    found = run_records(run_dir)
+    if (Path(run_dir) / CONFIG).exists() or not found:
+        return None
+    return (
+        f"{run_dir} holds run records ({', '.join(found)}) but no {CONFIG}: it is a run whose "
+        f"config was lost, and is not overwritten; put its {CONFIG} back to resume it, or "
+        "choose another --out (or move the folder away) to train anew"
+    )
+
+
 class DamagedRecordError(ValueError):
     """A record file is unreadable, truncated or not what it should be; names the file."""
 

@@ -101,6 +101,42 @@ class RunLock:
                 self.run_dir.rmdir()
 
 
+def holder(run_dir: str | Path) -> str | None:
+    """``process PID`` (or ``another process``) when a live process holds ``run_dir``'s
+    lock, else None; asks without creating or changing anything."""
+    path = Path(run_dir) / records.LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (or no folder): nobody holds it
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip()
+            return f"process {pid}" if pid.isdigit() else "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def check_run_folder(run_dir: str | Path, *, resume: bool) -> None:
+    """Before a command says anything about ``run_dir``: in use by a live process (even
+    one still starting, before its first checkpoint), a run without its config, or
+    nothing to resume."""
+    run_dir = Path(run_dir)
+    who = holder(run_dir)
+    if who is not None:
+        raise RunInUseError(f"{run_dir} is in use by {who}")
+    if run_dir.is_dir():
+        problem = records.without_config(run_dir)
+        if problem is not None:
+            raise ValueError(problem)
+    if resume and not run_dir.is_file() and not (run_dir / records.CONFIG).is_file():
+        raise ValueError(f"nothing to resume in {run_dir}")
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
         on_disk = os.stat(path)
