@@ -76,3 +76,16 @@ def test_a_csv_split_column_is_used_without_being_asked_for(tmp_path):
     mixed = _build(tmp_path, split="random")  # asked for: the seeded random split
     assert sorted(mixed.train.inputs[:, 0, 8, 8].tolist()) != sorted(
         bench.train.inputs[:, 0, 8, 8].tolist())
+
+
+def test_a_binary_celeba_list_file_is_named(tmp_path):
+    import pytest
+
+    from endebias.data.celeba import CelebAFileError, read_attributes, read_partition
+
+    binary = tmp_path / "list_attr_celeba.txt"
+    binary.write_bytes(b"2\nBlond_Hair Male\n\xff\xfe\x00")
+    with pytest.raises(CelebAFileError, match=rf"^{binary}: not a text file \(byte 0xff"):
+        read_attributes(binary, ("Blond_Hair",))
+    with pytest.raises(CelebAFileError, match=rf"^{binary}: not a text file"):
+        read_partition(binary, ["000001.jpg"])

@@ -58,12 +58,19 @@ class CelebAFileError(ValueError):
     """A CelebA list file is missing or malformed."""
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CelebAFileError(f"{path}: not a text file (byte {error.object[error.start]:#04x} "
+                              f"at offset {error.start} is not UTF-8)") from None
+
+
 def read_attributes(path: Path, wanted: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
     """File names and the ``wanted`` attributes as int8 (N, len(wanted)) of 1 / -1."""
     if not path.is_file():
         raise CelebAFileError(f"{path}: CelebA attribute file not found")
-    with path.open(encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
+    lines = _text(path).splitlines()
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise CelebAFileError(f"{path}: line 1 must hold the number of images")
     count, names = int(lines[0]), lines[1].split()
@@ -95,17 +102,16 @@ def read_partition(path: Path, files: list[str]) -> np.ndarray:
     if not path.is_file():
         raise CelebAFileError(f"{path}: CelebA partition file not found")
     partition: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise CelebAFileError(
-                    f"{path}: line {number}: expected a file name and 0, 1 or 2, got "
-                    f"{line.strip()[:80]!r}"
-                )
-            partition[fields[0]] = int(fields[1])
+    for number, line in enumerate(_text(path).splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise CelebAFileError(
+                f"{path}: line {number}: expected a file name and 0, 1 or 2, got "
+                f"{line.strip()[:80]!r}"
+            )
+        partition[fields[0]] = int(fields[1])
     absent = [name for name in files if name not in partition]
     if absent:
         raise CelebAFileError(f"{path}: no partition for {absent[0]} ({len(absent)} images)")
