@@ -134,3 +134,23 @@ def test_resume_on_a_folder_another_process_is_starting_names_that_process(tmp_p
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_stage_1_of_pseudo_labels_refuses_another_runs_checkpoint(tmp_path):
+    from endebias.training.checkpoint import CheckpointError
+    from endebias.training.config import make_config
+    from endebias.training.pseudo_label_stages import derive_labels, stage1_config
+
+    config = make_config("quick", dataset="synthetic", epochs=1, batch_size=32,
+                         dataset_options={"train_size": 128, "eval_size": 64},
+                         bias_labels="pseudo", pseudo_options={"stage1_epochs": 1})
+    first = stage1_config(config)
+    fit(first, tmp_path / "stage1", progress=False)
+    derive_labels(config, tmp_path / "stage1", data_dir=None)  # its own: fine
+    from dataclasses import replace
+
+    fit(replace(first, seed=77), tmp_path / "other", progress=False)
+    for name in (records.CHECKPOINT, records.PREVIOUS_CHECKPOINT):
+        shutil.copyfile(tmp_path / "other" / records.CHECKPOINT, tmp_path / "stage1" / name)
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        derive_labels(config, tmp_path / "stage1", data_dir=None)

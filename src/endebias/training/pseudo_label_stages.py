@@ -36,7 +36,7 @@ from endebias.metrics import aligned_groups, group_counts
 from endebias.pseudo_labels import pseudo_bias_labels
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
-from endebias.training.checkpoint import load_checkpoint
+from endebias.training.checkpoint import load_checkpoint, run_identity
 from endebias.training.config import TrainConfig
 from endebias.training.fit import existing_run, fit, load_benchmark, resolve_device
 from endebias.training.prepared import build_run_method
@@ -111,7 +111,10 @@ def derive_labels(
     device = resolve_device(config.device)
     benchmark = load_benchmark(first, data_dir=data_dir, device=device)
     method = build_run_method(first, benchmark).to(device)
-    state = load_checkpoint(stage1_dir)  # verified; falls back to the previous good one
+    # Verified, and stage 1's own (not a checkpoint copied in from another run); falls
+    # back to the previous good one.
+    state = load_checkpoint(stage1_dir, run_identity(records.config_hash(first.to_dict()),
+                                                     records.read_metrics(stage1_dir)))
     if state is None:
         raise FileNotFoundError(f"{stage1_dir} holds no checkpoint of the stage-1 model")
     method.load_state_dict(state["method"])
