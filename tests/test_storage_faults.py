@@ -191,3 +191,16 @@ def test_a_half_made_sweep_of_an_older_create_is_named_and_completed(tmp_path, c
     assert (code, out) == (0, "s1\n")
     study = optuna.load_study(study_name="s1", storage=url)
     assert sweep_storage.sweep_spec(study).definition == SPEC
+
+
+def test_an_unreachable_server_at_start_up_is_retried_for_storage_retry(capsys, caplog):
+    """PostgreSQL still starting when an agent starts: waited for, as mid-trial."""
+    url = "postgresql://endebias:pw@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    started = time.monotonic()
+    code, out, err = cli(capsys, "sweep", "agent", "s1", "--storage", url,
+                         "--storage-retry", "2")
+    assert time.monotonic() - started >= 1.5
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert "cannot open sweep storage postgresql://endebias:***@127.0.0.1:1/nowhere" in err
+    assert "still after 2 s of retries" in err and "pw" not in err.split("@", 1)[0]
+    assert "unreachable" in caplog.text and "retrying for up to 2 s" in caplog.text

@@ -75,7 +75,7 @@ def test_unreachable_storage_is_one_line_without_the_password(capsys, caplog, pa
     url = f"postgresql://endebias:{password}@127.0.0.1:1/nowhere"
     caplog.set_level(logging.DEBUG)
     for command in (["results", "s1"], ["sweep", "agent", "s1"]):
-        code, out, err = cli(capsys, *command, "--storage", url)
+        code, out, err = cli(capsys, *command, "--storage", url, "--storage-retry", "0")
         assert code == 2 and out == ""
         assert err.startswith("endebias: error: cannot open sweep storage postgresql://endebias:***@")
         assert err.count("\n") == 1

@@ -37,7 +37,7 @@ def test_mask_url_hides_passwords(url, masked):
 def test_unreachable_database_is_one_line_without_the_password():
     url = "postgresql://endebias:TopSecret42@127.0.0.1:1/nowhere"
     with pytest.raises(RuntimeError) as caught:
-        sweep_storage.open_storage(url)
+        sweep_storage.open_storage(url, wait=0)
     message = str(caught.value)
     assert "TopSecret42" not in message and "\n" not in message
     assert message.startswith("cannot open sweep storage postgresql://endebias:***@127.0.0.1:1/")

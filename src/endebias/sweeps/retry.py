@@ -173,6 +173,32 @@ def retrying(
     return storage
 
 
+# A server that answers "no" will answer the same on every retry.
+_REFUSALS = ("authentication failed", "does not exist", "no password supplied")
+
+
+def retry_transient(action: Callable[[], Any], *, url: str, limit: float) -> Any:
+    """``action()`` at start-up, tried again with doubling pauses while the storage is
+    unreachable, for up to ``limit`` seconds (``--storage-retry``); the last error is
+    raised after that, or at once when waiting cannot help (a wrong password)."""
+    started = time.monotonic()
+    delay = FIRST_DELAY
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            text = first_line(error, url)
+            if not is_transient(error) or any(refusal in text for refusal in _REFUSALS):
+                raise
+            if time.monotonic() - started + delay > limit:
+                raise
+            if delay == FIRST_DELAY:
+                log.warning("sweep storage %s unreachable (%s); retrying for up to %g s",
+                            mask_url(url), text, limit)
+            time.sleep(delay)
+            delay = min(2 * delay, LONGEST_DELAY)
+
+
 def find_unavailable(error: BaseException) -> StorageUnavailable | None:
     """The :class:`StorageUnavailable` behind ``error``: Optuna's clean-up after a failed
     trial may raise something else (its own ``UnboundLocalError``) while handling it."""

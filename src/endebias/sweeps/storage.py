@@ -28,7 +28,7 @@ from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 
 from endebias.sweeps import sqlite_file
-from endebias.sweeps.retry import DEFAULT_RETRY_SECONDS, first_line
+from endebias.sweeps.retry import DEFAULT_RETRY_SECONDS, first_line, is_transient, retry_transient
 from endebias.sweeps.search_space import SweepSpec, grid_search_space
 from endebias.sweeps.sweep_file import parse_sweep
 from endebias.sweeps.urls import encoding_hint, mask_url, scrub
@@ -72,7 +72,7 @@ def open_storage(
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")):
         raise ValueError(f"storage {mask_url(url)!r}: expected sqlite:///PATH or postgresql://...")
     engine_kwargs: dict[str, Any] = {}
-    shown = mask_url(url)
+    shown, given = mask_url(url), url
     url = _with_driver(url)
     sqlite_path: Path | None = None
     if url.startswith("sqlite:"):
@@ -100,23 +100,30 @@ def open_storage(
                 ),
             }
         try:
-            if not create and not url.startswith("sqlite:"):
-                _check_has_sweeps(url, shown, engine_kwargs)
             if sqlite_path is not None:
                 return sqlite_file.waiting_while_busy(
                     lambda: optuna.storages.RDBStorage(
                         url, engine_kwargs=engine_kwargs, **heartbeat),
                     path=sqlite_path, wait=wait)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+            def connect() -> optuna.storages.RDBStorage:
+                if not create and not url.startswith("sqlite:"):
+                    _check_has_sweeps(url, shown, engine_kwargs)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+            # A server still starting (or a network blip) at start-up is waited for too.
+            return retry_transient(connect, url=given, limit=wait)
         except (FileNotFoundError, sqlite_file.StorageBusy):
             raise
         except Exception as error:  # driver errors have many types; all mean the same here
             if sqlite_path is not None:
                 raise RuntimeError(sqlite_file.describe(sqlite_path, error)) from None
             first = scrub(str(error), url).strip().splitlines()[0] if str(error) else ""
+            waited = f" (still after {wait:g} s of retries: --storage-retry SECONDS waits " \
+                "longer)" if wait and is_transient(error) else ""
             raise RuntimeError(
                 f"cannot open sweep storage {shown}: {type(error).__name__}: {first}"
-                f"{encoding_hint(url)}"
+                f"{waited}{encoding_hint(url)}"
             ) from None
 
 
