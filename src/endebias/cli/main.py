@@ -180,10 +180,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         / (f"{config.dataset}-{config.method}-{records.config_hash(config.to_dict())}")
     )
     check_run_folder(out, resume=args.resume)  # in use, config lost, nothing to resume
-    # Under torchrun every process runs this; only rank 0 talks.
+    # Under torchrun every process runs this; only rank 0 talks. The run folder is named
+    # in the line fit prints once the run has started (a failed start leaves no folder).
     main = int(os.environ.get("RANK", "0")) == 0
-    if main:
-        print(f"run folder: {out}")
     # Optional W&B / TensorBoard mirrors of the records (rank 0 only).
     mirror = train_mirror(args, config=config.to_dict(), run_dir=out) if main else None
     state = "FAIL"

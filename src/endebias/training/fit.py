@@ -32,6 +32,7 @@ from endebias.training import distributed, records
 from endebias.training.config import TrainConfig
 from endebias.training.distributed import DistContext
 from endebias.training.epoch import NonFiniteLossError
+from endebias.training.estimate import start_line
 from endebias.training.loading import load_benchmark, resolve_device
 from endebias.training.loop import (
     Member,
@@ -195,6 +196,9 @@ def fit(
         if state is not None:
             stepper.load([state])
             member.history = list(state["history"])
+        if main:  # what it trains and how long that takes here, before it starts
+            line = start_line(stepper, shared, config, epochs_done=len(member.history))
+            (echo or log.info)(f"run folder {run_dir}: {line}")
         shared.progress, shared.echo = progress and main, None if echo is None else (
             lambda _, line: echo(line))
         shared.on_epoch = None if on_epoch is None else (
@@ -290,6 +294,10 @@ def _train_packs(todo: list[Member], *, data_dir: str | None, resume: bool,
             benchmark_shape=(benchmark.num_targets, benchmark.input_shape[0]),
             device=device, fast=shared.fast,
         )
+        line = start_line(stepper, shared, group[0].config, epochs_done=done)
+        for member in group:
+            say = log.info if echo is None else partial(echo, member.index)
+            say(f"run folder {member.run_dir}: pack of {len(group)}, {line}")
         train(group, stepper, shared, outcomes)
 
 
