@@ -36,7 +36,7 @@ from endebias.cli.options import key_value
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
-from endebias.training.pseudo_label_stages import fit_with_bias_labels
+from endebias.training.fit import fit
 
 log = logging.getLogger("colored_mnist_table")
 COLUMNS = ("biased_test_acc", "unbiased_test_acc", "unbiased_test_acc_conflicting", "valid_acc")
@@ -72,7 +72,7 @@ def run_one(
     options = "".join(f"-{k}={folder_text(v)}" for k, v in args.pseudo_option) if labelling else ""
     run_dir = out / f"{method}{options}-{sigma2}-{seed}"
     started = time.perf_counter()
-    best = fit_with_bias_labels(config, run_dir, data_dir=args.data_dir, resume=True,
+    best = fit(config, run_dir, data_dir=args.data_dir, resume=True,
                                 progress=False)
     log.info("sigma2=%s %s seed %d: %.0f s, best epoch %d", sigma2, method, seed,
              time.perf_counter() - started, best["epoch"])

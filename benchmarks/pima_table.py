@@ -34,7 +34,7 @@ from endebias.cli.options import key_value
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
-from endebias.training.pseudo_label_stages import fit_with_bias_labels
+from endebias.training.fit import fit
 
 log = logging.getLogger("pima_table")
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "pima" / "pima.csv"
@@ -82,7 +82,7 @@ def run_one(
     # replace them outright.
     config = dataclasses.replace(config, dataset_options=dataset_options)
     run_dir = out / f"{setting}-{method}-{seed}"
-    best = fit_with_bias_labels(config, run_dir, progress=False)
+    best = fit(config, run_dir, progress=False)
     if method == "end-pseudo":
         agreement = records.read_json(run_dir / AGREEMENT)
         best = {**best, "pseudo_nmi": agreement["nmi"],

@@ -22,7 +22,7 @@ import torch
 
 from endebias.report.comparison import find_runs, method_table
 from endebias.training.config import make_config
-from endebias.training.pseudo_label_stages import fit_with_bias_labels
+from endebias.training.fit import fit
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
                 suffix = {"on": "-bf16", "off": "-fp32"}.get(args.amp, "")
                 run_dir = Path(args.out) / f"end-pseudo-{labelling}-rho{rho}-seed{seed}{suffix}"
                 started = time.perf_counter()
-                best = fit_with_bias_labels(config, run_dir, data_dir=args.data_dir,
+                best = fit(config, run_dir, data_dir=args.data_dir,
                                             resume=True, progress=False)
                 print(f"end pseudo {labelling} rho={rho} seed={seed}: unbiased "
                       f"{100 * best['unbiased_test_acc']:.2f} "

@@ -10,8 +10,8 @@ import torch
 from endebias.training import estimate
 from endebias.training.config import make_config
 from endebias.training.estimate import RunEstimate, format_duration, start_line
-from endebias.training.fit import prepare_data
 from endebias.training.prepared import prepare_solo
+from endebias.training.run import prepare_data
 
 
 def _prepared(tmp_path: Path, **overrides):

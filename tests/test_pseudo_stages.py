@@ -20,11 +20,11 @@ from endebias.report import comparison
 from endebias.training import records
 from endebias.training.bias_labels import PSEUDO_DEFAULTS, check_bias_labels
 from endebias.training.config import TrainConfig, make_config
+from endebias.training.fit import fit
 from endebias.training.pseudo_label_stages import (
     AGREEMENT,
     LABELS,
     STAGE1,
-    fit_with_bias_labels,
     read_labels,
     stage1_config,
     write_labels,
@@ -46,7 +46,7 @@ def pseudo_config(**options) -> TrainConfig:
 def test_three_stages_write_their_records(tmp_path):
     config = pseudo_config()
     seen = []  # on_epoch belongs to the run itself: stage 3's epochs, not stage 1's
-    best = fit_with_bias_labels(config, tmp_path, progress=False,
+    best = fit(config, tmp_path, progress=False,
                                 on_epoch=lambda epoch, record: seen.append(epoch))
     assert seen == [1, 2]
     recorded = records.read_json(tmp_path / records.CONFIG)
@@ -67,11 +67,11 @@ def test_three_stages_write_their_records(tmp_path):
     assert test_groups.shape == (4, max(4, int(labels.max()) + 1))
     assert np.isnan(test_groups[:, 4:]).all() and not np.isnan(test_groups[:, :4]).any()
     # A second launch returns the finished run; without --resume it is refused.
-    assert fit_with_bias_labels(config, tmp_path, resume=True, progress=False) == best
+    assert fit(config, tmp_path, resume=True, progress=False) == best
     with pytest.raises(RuntimeError, match="pass --resume"):
-        fit_with_bias_labels(config, tmp_path, progress=False)
+        fit(config, tmp_path, progress=False)
     with pytest.raises(RuntimeError, match="another config"):
-        fit_with_bias_labels(pseudo_config(k=3), tmp_path, resume=True, progress=False)
+        fit(pseudo_config(k=3), tmp_path, resume=True, progress=False)
 
 
 @pytest.mark.parametrize("method", ["groupdro", "biasbal"])
@@ -79,7 +79,7 @@ def test_other_methods_that_read_bias_labels_train_on_pseudo_labels(tmp_path, me
     config = make_config("quick", dataset="synthetic", dataset_options=DATA, model_options=MODEL,
                          method=method, epochs=1, batch_size=64, device="cpu", seed=5,
                          bias_labels="pseudo", pseudo_options={"stage1_epochs": 1})
-    best = fit_with_bias_labels(config, tmp_path, progress=False)
+    best = fit(config, tmp_path, progress=False)
     assert 0 <= best["unbiased_test_acc"] <= 1 and (tmp_path / records.DONE).exists()
 
 
@@ -107,7 +107,7 @@ def test_stage1_model_options_are_laid_over_the_stage1_models():
 @pytest.mark.parametrize("labelling", ["predictions", "cluster"])
 def test_pseudo_labels_recover_the_synthetic_bias(tmp_path, labelling):
     """The synthetic colour is the shortcut a short stage 1 learns first."""
-    fit_with_bias_labels(pseudo_config(labelling=labelling, stage1_epochs=3), tmp_path,
+    fit(pseudo_config(labelling=labelling, stage1_epochs=3), tmp_path,
                          progress=False)
     labels = read_labels(tmp_path / LABELS)
     train = build_dataset("synthetic", seed=5, **DATA).train
@@ -123,15 +123,17 @@ def test_pseudo_labels_recover_the_synthetic_bias(tmp_path, labelling):
 
 KILLER = """
 import os, signal, sys
-from endebias.training.pseudo_label_stages import fit_with_bias_labels
+from endebias.training.fit import fit
 from endebias.training.config import TrainConfig
 config = TrainConfig.from_dict({config})
 lines = []
-def echo(line):  # called once per epoch of either stage, after its records are written
+def echo(line):  # an epoch line comes once per epoch of either stage, after its records
+    if "train acc" not in line:  # a run's start line
+        return
     lines.append(line)
     if len(lines) == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
-fit_with_bias_labels(config, sys.argv[1], resume=True, progress=False, echo=echo)
+fit(config, sys.argv[1], resume=True, progress=False, echo=echo)
 """
 
 
@@ -151,7 +153,7 @@ def run_killed(config: TrainConfig, run_dir: Path, kill_at: int) -> None:
 @pytest.mark.parametrize("kill_at", [1, 3], ids=["in-stage-1", "in-stage-3"])
 def test_resumes_at_the_stage_it_was_killed_in(tmp_path, kill_at):
     config = pseudo_config()
-    reference = fit_with_bias_labels(config, tmp_path / "reference", progress=False)
+    reference = fit(config, tmp_path / "reference", progress=False)
     run_dir = tmp_path / "killed"
     run_killed(config, run_dir, kill_at)  # after epoch 1 of stage 1, or of stage 3
     assert not (run_dir / records.DONE).exists()
@@ -159,7 +161,7 @@ def test_resumes_at_the_stage_it_was_killed_in(tmp_path, kill_at):
     if kill_at == 3:
         stage1_before = (run_dir / STAGE1 / records.CHECKPOINT).read_bytes()
         labels_before = (run_dir / LABELS).read_bytes()
-    best = fit_with_bias_labels(config, run_dir, resume=True, progress=False)
+    best = fit(config, run_dir, resume=True, progress=False)
     assert untimed(best) == untimed(reference)  # the resumed run is the uninterrupted one
     if kill_at == 3:  # stages 1 and 2 were not redone
         assert (run_dir / STAGE1 / records.CHECKPOINT).read_bytes() == stage1_before
@@ -180,19 +182,19 @@ def test_a_folder_held_by_another_process_is_refused_before_any_write(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunInUseError, match=f"in use by process {holder.pid}"):
-            fit_with_bias_labels(pseudo_config(), tmp_path, progress=False)
+            fit(pseudo_config(), tmp_path, progress=False)
         assert sorted(path.name for path in tmp_path.iterdir()) == [records.LOCK]
     finally:
         holder.communicate("")
     # Once the holder has gone, the same call trains all three stages.
-    fit_with_bias_labels(pseudo_config(stage1_epochs=1), tmp_path, progress=False)
+    fit(pseudo_config(stage1_epochs=1), tmp_path, progress=False)
     assert (tmp_path / records.DONE).exists() and not (tmp_path / records.LOCK).exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "wrong-labels"])
 def test_a_damaged_labels_file_is_derived_again(tmp_path, damage, caplog):
     config = pseudo_config(stage1_epochs=1)
-    fit_with_bias_labels(config, tmp_path, progress=False)
+    fit(config, tmp_path, progress=False)
     path = tmp_path / LABELS
     good = read_labels(path)
     data = path.read_bytes()
@@ -205,7 +207,7 @@ def test_a_damaged_labels_file_is_derived_again(tmp_path, damage, caplog):
         np.savez(path, labels=good + 1, sha256=np.array("0" * 64))
     (tmp_path / records.DONE).unlink()  # as if killed before the end of stage 3
     assert read_labels(path) is None and "deriving the labels again" in caplog.text
-    fit_with_bias_labels(config, tmp_path, resume=True, progress=False)
+    fit(config, tmp_path, resume=True, progress=False)
     assert np.array_equal(read_labels(path), good)
 
 
@@ -380,10 +382,10 @@ def test_sweep_trials_on_pseudo_labels_make_them_from_one_shared_stage1(tmp_path
 def test_a_run_waits_for_a_shared_stage1_that_another_process_holds(tmp_path, monkeypatch):
     import threading
 
-    from endebias.training import pseudo_label_stages
+    from endebias.training import pseudo_label_stages, stages
     from endebias.training.run_lock import RunLock
 
-    monkeypatch.setattr(pseudo_label_stages, "STAGE1_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(stages, "WAIT_SECONDS", 0.2)
     config = pseudo_config()
     shared = pseudo_label_stages.shared_stage1_dir(config, tmp_path)
     held = RunLock.acquire(shared)  # as another agent training that stage 1 would
@@ -391,8 +393,7 @@ def test_a_run_waits_for_a_shared_stage1_that_another_process_holds(tmp_path, mo
     result = {}
 
     def run() -> None:
-        result["best"] = fit_with_bias_labels(config, tmp_path / "run", progress=False,
-                                              stage1_dir=shared)
+        result["best"] = fit(config, tmp_path / "run", progress=False, shared_stages=tmp_path)
         done.set()
 
     worker = threading.Thread(target=run)
@@ -402,10 +403,3 @@ def test_a_run_waits_for_a_shared_stage1_that_another_process_holds(tmp_path, mo
     worker.join(timeout=120)
     assert done.is_set() and (shared / records.DONE).exists()
     assert (tmp_path / "run" / records.DONE).exists()
-
-
-def test_fit_with_a_callers_lock_refuses_a_pseudo_label_config(tmp_path):
-    from endebias.training.fit import fit
-
-    with pytest.raises(ValueError, match="takes its own lock"):
-        fit(pseudo_config(), tmp_path, lock=object(), progress=False)

@@ -224,7 +224,7 @@ def test_without_bias_labels_end_needs_pseudo_ones(tmp_path, capsys):
     from endebias.training import records
     from endebias.training.bias_labels import AGREEMENT
     from endebias.training.fit import fit
-    from endebias.training.pseudo_label_stages import LABELS, fit_with_bias_labels, read_labels
+    from endebias.training.pseudo_label_stages import LABELS, read_labels
 
     path = _write(tmp_path / "t.csv", n=300)
     # Vanilla reads no bias labels: it trains as on any table.
@@ -246,7 +246,7 @@ def test_without_bias_labels_end_needs_pseudo_ones(tmp_path, capsys):
     run = tmp_path / "pseudo"
     config = _no_bias_config(path, "end", bias_labels="pseudo",
                              pseudo_options={"stage1_epochs": 2})
-    best = fit_with_bias_labels(config, run, progress=False)
+    best = fit(config, run, progress=False)
     assert 0 <= best["biased_test_acc"] <= 1 and "unbiased_test_acc" not in best
     labels = read_labels(run / LABELS)
     assert labels is not None and len(labels) == len(read_train_targets(config))

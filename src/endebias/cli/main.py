@@ -168,8 +168,7 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from endebias.training import distributed
-    from endebias.training.fit import summary_line
-    from endebias.training.pseudo_label_stages import fit_with_bias_labels
+    from endebias.training.fit import fit, summary_line
     from endebias.training.run_lock import check_run_folder
 
     config = config_from_args(args)
@@ -187,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     mirror = train_mirror(args, config=config.to_dict(), run_dir=out) if main else None
     state = "FAIL"
     try:
-        best = fit_with_bias_labels(
+        best = fit(
             config,
             out,
             data_dir=args.data_dir,

@@ -19,7 +19,7 @@ twin) gives it a group of its own, with its own optimiser state in the checkpoin
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -37,6 +37,32 @@ class OptimizerGroup:
     weight_decay: float | None = None
     lr_step: int | None = None  # StepLR step, in epochs
     lr_gamma: float | None = None
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """A run that a method needs trained before its own (JTT's ERM model, a bias-only
+    network), declared by :meth:`Method.first_stage`. It trains in its own run folder,
+    ``RUN/<name>``, with the run's data, seed, optimiser and schedule, and this stage's
+    method, options, epochs and (if given) model; ``model_options`` are laid over the
+    run's when the model is the run's."""
+
+    name: str
+    method: str = "vanilla"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None  # None: the run's
+    model: str | None = None  # None: the run's
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a finished first stage hands the method's constructor (as ``first_stage``):
+    the stage's trained method, in evaluation mode, and its logits on the training split
+    (row i: the sample whose ``indices`` entry is i)."""
+
+    method: nn.Module
+    train_logits: Tensor
 
 
 class Method(nn.Module):
@@ -74,6 +100,13 @@ class Method(nn.Module):
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.build_network = build_network
 
+    @classmethod
+    def first_stage(cls, options: dict[str, Any]) -> FirstStage | None:
+        """The run this method needs trained first, given its options (defaults included),
+        or None. The trainer trains it (resumed and locked as any run) and passes its
+        :class:`StageResult` to ``__init__`` as the keyword ``first_stage``."""
+        return None
+
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits used for evaluation."""
         return self.model(inputs)
@@ -106,6 +139,7 @@ def build_method(
     train_biases: Tensor,
     input_shape: tuple[int, ...] | None = None,
     build_network: Callable[..., nn.Module] | None = None,
+    first_stage: StageResult | None = None,
     **hyperparameters: Any,
 ) -> Method:
     cls = method_class(name)
@@ -114,6 +148,8 @@ def build_method(
     hints = {key: hints.get(key, Any) for key in sorted(cls.defaults)}
     check_options("method", name, hyperparameters, hints)
     options = {**cls.defaults, **hyperparameters}
+    if first_stage is not None:  # only a method that declares a first stage takes it
+        options["first_stage"] = first_stage
     return cls(
         model,
         num_targets=num_targets,

@@ -85,8 +85,7 @@ class Objective:
             raise
 
     def _train(self, trial: optuna.Trial) -> float:
-        # torch: only in agents
-        from endebias.training.pseudo_label_stages import fit_with_bias_labels, shared_stage1_dir
+        from endebias.training.fit import fit  # torch: only in agents
 
         claimed = self.claim(trial)
         config, run_dir = claimed.config, claimed.run_dir
@@ -101,12 +100,12 @@ class Objective:
 
         state = "FAIL"
         try:
-            best = fit_with_bias_labels(
+            best = fit(
                 config, run_dir, data_dir=self.data_dir, resume=True, progress=self.progress,
                 on_epoch=on_epoch, echo=lambda line: log.info("trial %d: %s", trial.number, line),
-                # Trials on pseudo labels share one stage 1 per setting it sees.
-                stage1_dir=shared_stage1_dir(config, run_dir.parent)
-                if config.bias_labels == "pseudo" else None,
+                # Trials whose stage would be the same (pseudo labels' stage 1, a method's
+                # first stage) train it once, in a hidden folder beside them.
+                shared_stages=run_dir.parent,
             )
             state = "COMPLETE"
         except optuna.TrialPruned:

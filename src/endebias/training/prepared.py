@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -20,9 +21,10 @@ from endebias.training.loop import Shared
 from endebias.training.steppers import SoloStepper
 
 
-def build_run_method(config: TrainConfig, benchmark: Benchmark) -> Method:
+def build_run_method(config: TrainConfig, benchmark: Benchmark, **method_inputs: Any) -> Method:
     """The config's model wrapped in its method, with the weights the run starts from (the
-    config's seed): what a solo run, a packed member and stage 2 of pseudo labels share."""
+    config's seed): what a solo run, a packed member and a finished stage's model share.
+    ``method_inputs``: what earlier stages hand the method (``first_stage``)."""
     if not benchmark.has_bias_labels and method_class(config.method).uses_bias_labels:
         raise ValueError(
             f"dataset {config.dataset!r} has no bias labels (no bias column named) and method "
@@ -46,6 +48,7 @@ def build_run_method(config: TrainConfig, benchmark: Benchmark) -> Method:
         input_shape=benchmark.input_shape,
         build_network=partial(build_model, num_classes=benchmark.num_targets,
                               input_shape=benchmark.input_shape),
+        **method_inputs,
         **config.method_options,
     )
 
@@ -98,10 +101,11 @@ def check_training_step(method: Method, benchmark: Benchmark, config: TrainConfi
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def prepare_solo(config: TrainConfig, shared: Shared, context: DistContext | None) -> SoloStepper:
+def prepare_solo(config: TrainConfig, shared: Shared, context: DistContext | None,
+                 **method_inputs: Any) -> SoloStepper:
     """The config's method on its device, checked with one forward pass, set up for
     several processes if need be, with its optimisers: a solo run ready to step."""
-    method = build_run_method(config, shared.benchmark).to(shared.device)
+    method = build_run_method(config, shared.benchmark, **method_inputs).to(shared.device)
     check_forward(method, shared.benchmark, config)
     check_training_step(method, shared.benchmark, config)
     distributed.prepare_method(method, context, shared.device)

@@ -1,8 +1,9 @@
-"""``--bias-labels pseudo``: a run in three stages, each resumable.
+"""``--bias-labels pseudo``: a run in three stages, each resumable (the stage mechanism:
+:mod:`endebias.training.stages`).
 
 1. **stage 1** trains a bias-capturing model (vanilla or GCE, a few epochs) on the training
-   split, as a normal run folder ``RUN/stage1/``;
-2. **stage 2** derives one pseudo bias label per training sample from it
+   split, as a normal run folder ``RUN/stage1/`` (or one that sweep trials share);
+2. **stage 2**, stage 1's hand-on, derives one pseudo bias label per training sample from it
    (:func:`endebias.pseudo_labels.pseudo_bias_labels`) and writes them, with a checksum,
    to ``RUN/pseudo_labels.npz`` (atomically), and their agreement with the dataset's own
    bias labels to ``RUN/pseudo_labels.json``;
@@ -21,10 +22,7 @@ import hashlib
 import logging
 import os
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,14 +36,14 @@ from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.checkpoint import load_checkpoint, run_identity
 from endebias.training.config import TrainConfig
-from endebias.training.fit import existing_run, fit, load_benchmark, resolve_device
+from endebias.training.loading import load_benchmark, resolve_device
 from endebias.training.prepared import build_run_method
-from endebias.training.run_lock import RunInUseError, RunLock
+from endebias.training.run import Handoff
+from endebias.training.stages import Stage, StageInput, shared_folder, stage_config
 
 log = logging.getLogger(__name__)
 
 STAGE1 = "stage1"
-STAGE1_WAIT_SECONDS = 5  # how often a run waiting for a shared stage 1 looks again
 LABELS = "pseudo_labels.npz"
 
 
@@ -53,18 +51,12 @@ def stage1_config(config: TrainConfig) -> TrainConfig:
     """The bias-capturing run: the main run's data, seed, optimiser and device, with the
     stage-1 loss, epochs and (optionally) model and model options."""
     options = config.pseudo_options
-    values = config.to_dict()
-    values.pop("bias_labels", None)
-    values.pop("pseudo_options", None)
-    values["method"] = options["stage1"]
-    values["method_options"] = {"gce_q": options["q"]} if options["stage1"] == "gce" else {}
-    values["epochs"] = options["stage1_epochs"]
-    values["save_features"] = 0
-    model = options["stage1_model"] or config.model
-    base = config.model_options if model == config.model else {}
-    values["model"] = model
-    values["model_options"] = {**base, **(options.get("stage1_model_options") or {})}
-    return TrainConfig.from_dict(values)
+    return stage_config(
+        config, method=options["stage1"],
+        method_options={"gce_q": options["q"]} if options["stage1"] == "gce" else {},
+        epochs=options["stage1_epochs"], model=options["stage1_model"],
+        model_options=options.get("stage1_model_options") or {},
+    )
 
 
 def _checksum(labels: np.ndarray) -> str:
@@ -161,76 +153,38 @@ def _check_method(config: TrainConfig) -> None:
 
 def shared_stage1_dir(config: TrainConfig, folder: Path) -> Path:
     """Where runs that differ only in what stage 1 does not see (their method options,
-    labelling...) share one bias-capturing model: ``folder/.stage1/<hash of its config>``
-    (a hidden folder, so that listing ``folder``'s runs does not show it)."""
-    return folder / ".stage1" / records.config_hash(stage1_config(config).to_dict())
+    labelling...) share one bias-capturing model: ``folder/.stage1/<hash of its config>``."""
+    return shared_folder(STAGE1, stage1_config(config), folder)
 
 
-def fit_with_bias_labels(
-    config: TrainConfig, run_dir: str | Path, *, data_dir: str | None = None,
-    resume: bool = False, progress: bool = True,
-    echo: Callable[[str], None] | None = None, stage1_dir: Path | None = None,
-    **fit_options: Any,
-) -> dict[str, Any]:
-    """:func:`~endebias.training.fit.fit` for any ``config.bias_labels``: ``given`` is
-    ``fit`` itself; ``pseudo`` runs the three stages into ``run_dir``. Stage 1 gets
-    ``progress`` and ``echo`` (its lines marked ``stage 1``) but not the other options
-    (``on_epoch``...), which belong to the run itself. ``stage1_dir`` (default
-    ``run_dir/stage1``) may be a folder other runs share (:func:`shared_stage1_dir`): the
-    first trains it, the others wait for it and reuse it."""
-    if config.bias_labels == "given":
-        return fit(config, run_dir, data_dir=data_dir, resume=resume, progress=progress,
-                   echo=echo, **fit_options)
+def pseudo_label_stage(config: TrainConfig, run_dir: Path, *,
+                       shared: Path | None = None) -> Stage:
+    """Stage 1, the bias-capturing run (in ``RUN/stage1``, or with ``shared`` in a folder
+    other runs share), whose hand-on is stage 2: the pseudo labels, read from
+    ``RUN/pseudo_labels.npz`` or derived and written there, become the run's training bias
+    labels. Labels already written make stage 1 unnecessary."""
     _check_method(config)
-    run_dir = Path(run_dir)
-    main = int(os.environ.get("RANK", "0")) == 0
-    # The run's folder is held from the first look to the last write, across all three
-    # stages (stage 1 has its own folder and lock), as fit holds a solo run's.
-    lock = RunLock.acquire(run_dir) if main else RunLock.unlocked(run_dir)
-    try:
-        if main:
-            records.remove_temp_files(run_dir)
-        finished = existing_run(config, run_dir, resume=resume)  # fit's rules for the folder
-        if finished is not None:
-            return finished
-        # Written before stage 1, so the folder is this run from the start: a second launch
-        # without --resume is refused, and `results` lists it as unfinished.
-        if main:
-            records.atomic_write_json(run_dir / records.CONFIG, config.to_dict())
-        labels = _stages_1_and_2(config, run_dir, lock, main=main, data_dir=data_dir,
-                                 progress=progress, echo=echo,
-                                 stage1_dir=stage1_dir or run_dir / STAGE1)
-        log.info("stage 3: %s on the pseudo labels in %s", config.method, run_dir)
-        return fit(config, run_dir, data_dir=data_dir, resume=True, progress=progress,
-                   echo=echo, prepare_benchmark=lambda benchmark: use_labels(benchmark, labels),
-                   lock=lock, **fit_options)
-    finally:
-        lock.release()
-
-
-def _stages_1_and_2(
-    config: TrainConfig, run_dir: Path, lock: RunLock, *, main: bool, data_dir: str | None,
-    progress: bool, echo: Callable[[str], None] | None, stage1_dir: Path,
-) -> np.ndarray:
-    """Train (or resume, or reuse) the bias-capturing model, then read the pseudo labels
-    or derive and write them."""
-    labels_path = run_dir / LABELS
-    labels = read_labels(labels_path)
-    if labels is not None:
-        return labels  # stage 2 done: stage 1 is not needed again
+    labels_path = Path(run_dir) / LABELS
     first = stage1_config(config)
-    log.info("stage 1: %s bias-capturing model, %d epochs, in %s",
-             first.method, first.epochs, stage1_dir)
-    while True:
-        try:
-            fit(first, stage1_dir, data_dir=data_dir, resume=True, progress=progress,
-                echo=None if echo is None else lambda line: echo(f"stage 1 | {line}"))
-            break
-        except RunInUseError as error:  # a shared stage 1 another run is training now
-            log.info("stage 1: %s; waiting for it to finish", error)
-            time.sleep(STAGE1_WAIT_SECONDS)
+
+    def hand_on(given: StageInput) -> Handoff:
+        labels = read_labels(labels_path)
+        if labels is None:
+            labels = _derive_and_write(config, given, labels_path)
+        return Handoff(prepare_benchmark=lambda benchmark: use_labels(benchmark, labels))
+
+    return Stage(
+        "stage 1", first,
+        Path(run_dir) / STAGE1 if shared is None else shared_stage1_dir(config, shared),
+        hand_on, needs_training=lambda: read_labels(labels_path) is None,
+    )
+
+
+def _derive_and_write(config: TrainConfig, given: StageInput, labels_path: Path) -> np.ndarray:
+    """Stage 2: the finished stage 1's pseudo labels and their agreement with the true bias
+    labels, written into the run's folder (the labels file last: it marks stage 2 done)."""
     log.info("stage 2: %s pseudo bias labels", config.pseudo_options["labelling"])
-    labels, benchmark = derive_labels(config, stage1_dir, data_dir=data_dir)
+    labels, benchmark = derive_labels(config, given.folder, data_dir=given.data_dir)
     if benchmark.has_bias_labels:
         agreement = label_agreement(labels, benchmark.train.biases.cpu().numpy())
         compared = (f"agreement with the true bias labels: NMI {agreement['nmi']:.3f}, "
@@ -239,10 +193,9 @@ def _stages_1_and_2(
         agreement = {"num_pseudo_labels": len(np.unique(labels))}
         compared = "the dataset has no bias labels to compare them with"
     agreement["labelling"] = config.pseudo_options["labelling"]
-    if main:
-        lock.check()
-        # The labels file last: it is what marks stage 2 as done.
-        records.atomic_write_json(run_dir / AGREEMENT, agreement)
+    if given.main:
+        given.lock.check()
+        records.atomic_write_json(given.run_dir / AGREEMENT, agreement)
         write_labels(labels_path, labels)
     log.info("pseudo labels: %d values; %s", agreement["num_pseudo_labels"], compared)
     return labels

@@ -8,12 +8,13 @@ refused in one line before any agent starts (not by each agent dying on a bad dr
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from endebias.data import check_dataset_options
-from endebias.methods import build_method
+from endebias.methods import StageResult, build_method, method_class
 from endebias.models import build_model, check_model_options
 from endebias.training.config import TrainConfig
 
@@ -40,6 +41,10 @@ def check_method_options(method: str, options: dict) -> None:
     """Build the method around a stand-in model: unknown options and bad values (a negative
     alpha, a string where a number goes) fail as they would in a trial."""
     two = torch.tensor([0, 1, 0, 1])
+    cls = method_class(method)
+    # A method with a first stage is handed that stage's result: a stand-in's here.
+    staged = cls.first_stage({**cls.defaults, **options}) is not None
+    first_stage = StageResult(_StandInModel(), torch.zeros(4, 2)) if staged else None
     try:
         build_method(
             method,
@@ -52,6 +57,7 @@ def check_method_options(method: str, options: dict) -> None:
             # its options are checked too; its fit to the real inputs is checked at run time.
             input_shape=(3, 8, 8),
             build_network=partial(build_model, num_classes=2, input_shape=(3, 8, 8)),
+            first_stage=first_stage,
             **options,
         )
     except TypeError as error:  # e.g. '<' between str and float: a value of the wrong type
@@ -70,3 +76,8 @@ def check_config(config: TrainConfig) -> None:
 
         first = stage1_config(config)
         check_model_options(first.model, first.model_options)
+    from endebias.training.stages import method_stages
+
+    for stage in method_stages(config, Path("RUN")):  # a first stage the method declares
+        check_model_options(stage.config.model, stage.config.model_options)
+        check_method_options(stage.config.method, stage.config.method_options)
