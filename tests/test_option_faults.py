@@ -47,6 +47,15 @@ def test_a_yaml_error_in_any_key_value_option_is_one_line(tmp_path, capsys, opti
         (["--model", "mlp", "--model-option", "hidden=[]"],
          "model 'mlp': option hidden must be a non-empty list of positive widths, got []"),
         (["--model-option", "kernel_size=-1"], "kernel_size must be odd and positive"),
+        (["--model-option", f"kernel_size={10**20}"],
+         f"model 'simple-conv': option kernel_size holds {10**20}, beyond a 64-bit integer"),
+        (["--model-option", f"channels=[8, {10**20}]"], "option channels holds"),
+        (["--dataset-option", f"train_size={10**20}"],
+         f"dataset 'synthetic': option train_size holds {10**20}, beyond a 64-bit integer"),
+        # torch's own message, first line only (it appends its C++ stack to some).
+        (["--model-option", "kernel_size=2147483647"], "overflow"),
+        (["--method", "end", "--method-option", "alpha=1e39"],
+         "method 'end': the first training step's loss is not finite (loss inf)"),
     ],
 )
 def test_numbers_that_overflow_or_make_no_sense_are_one_line(tmp_path, capsys, extra, expected):
@@ -70,3 +79,14 @@ def test_a_tabular_cell_beyond_float32_is_one_line_naming_it(tmp_path, capsys):
     assert code == 2
     assert f"{table}: feature column 'x': line 6 has '1e308', beyond the range" in line
     assert not out.exists()
+
+
+def test_exponent_notation_is_a_number_in_key_value_options():
+    """YAML 1.1 reads 1e-4 (no dot) as a string: alpha=1e-4 was refused as not a float."""
+    from endebias.option_types import parse_assignment
+
+    assert parse_assignment("alpha=1e-4") == ("alpha", 1e-4)
+    assert parse_assignment("alpha=-2E+3") == ("alpha", -2000.0)
+    assert parse_assignment("alpha=[1e-4, 2]") == ("alpha", [1e-4, 2])
+    assert parse_assignment("name='1e-4'") == ("name", "1e-4")  # quoted: a string still
+    assert parse_assignment("name=e5") == ("name", "e5")

@@ -72,11 +72,18 @@ def test_requeued_and_resultless_trials_are_named(tmp_path, caplog, monkeypatch)
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState[state], value=attrs.get("valid_acc") if
             state == "COMPLETE" else None, user_attrs=attrs, system_attrs=system))
-    with caplog.at_level(logging.WARNING):
+    study.add_trial(optuna.trial.create_trial(  # re-queued; its retry (4) is waiting
+        state=optuna.trial.TrialState.FAIL, user_attrs={"valid_acc": 0.3}))
+    study.enqueue_trial({}, user_attrs={"requeued_from": 3})
+    with caplog.at_level(logging.INFO):
         rows = results.rows_from_study(study)
     assert [r.id for r in rows] == ["1"]
     assert "trial 0 re-queued (agent killed or interrupted): each counted once" in caplog.text
     assert "trial 2 (fail) ended without a finished epoch" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("trial 3 re-queued (agent killed or interrupted) and no retry has a result yet"
+               in w for w in warnings)
+    assert not any("trial 0" in w for w in warnings)
 
 
 def test_report_reads_a_moved_sweep_from_runs(tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _OptionLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string, so ``alpha=1e-4`` was refused as
+    "must be float"; here a plain scalar in exponent notation is a float, as in YAML 1.2."""
+
+
+_OptionLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+INT64 = 2**63
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -31,7 +44,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         # follows for ever; an option's value is short enough to write out instead.
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(value, yaml.SafeLoader)):
             raise ValueError(f"{text!r}: YAML aliases (*name) are not allowed in an option value")
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), yaml.load(value, Loader=_OptionLoader)  # a SafeLoader: no code runs
     except yaml.YAMLError as error:
         problem = ", ".join(
             str(part) for part in (getattr(error, "context", None),
@@ -122,6 +135,19 @@ def check_options(
         if key not in hints:
             raise ValueError(f"{kind} {name!r} has no option {key!r}; its options: "
                              f"{listing(hints)}")
+        huge = _huge_int(value)
+        if huge is not None:
+            raise ValueError(f"{kind} {name!r}: option {key} holds {huge}, beyond a 64-bit "
+                             "integer")
         if not matches(value, hints[key]):
             raise ValueError(f"{kind} {name!r}: option {key} must be {describe(hints[key])}, "
                              f"got {value!r}")
+
+
+def _huge_int(value: Any) -> int | None:
+    """An integer in ``value`` (or its lists) that no tensor size or index can hold."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        return value
+    if isinstance(value, list | tuple):
+        return next((v for v in map(_huge_int, value) if v is not None), None)
+    return None

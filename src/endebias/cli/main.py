@@ -273,10 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"endebias: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError, OverflowError) as error:
         # Expected failures (bad options, missing or corrupt data, a non-finite loss): one
-        # line naming the culprit, no traceback. -v shows the traceback.
+        # line naming the culprit, no traceback. -v shows the traceback. Only the first
+        # line: torch appends its C++ stack to some messages.
         if args.verbose:
             raise
-        print(f"endebias: error: {error}", file=sys.stderr)
+        text = str(error).strip()
+        print(f"endebias: error: {text.splitlines()[0] if text else type(error).__name__}",
+              file=sys.stderr)
         return 2

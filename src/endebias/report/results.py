@@ -180,18 +180,16 @@ def _id_key(ident: str) -> tuple[int, str]:
 
 def rows_from_study(study: Any, *, runs_dir: str | Path | None = None) -> list[Row]:
     """Rows of an Optuna study made by ``endebias sweep``: one per trial with a result.
-    Left out, each kind named in a warning: trials that were re-queued (their retry holds
-    the run), trials that ended without a finished epoch; and, silently, trials an agent
+    Left out, each kind named in the log: trials that were re-queued (their retry holds
+    the run; a warning while no retry has a result), trials that ended without a finished
+    epoch (a warning); and, silently, trials an agent
     skipped (the sweep was full, another trial trained the same config) and repeats of a
     config already listed. With ``runs_dir``, each trial's run folder is looked up under
     ``runs_dir/<sweep id>/`` (a copied or moved sweep) before the path stored with it."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.user_attrs["requeued_from"] for t in trials if "requeued_from" in t.user_attrs}
-    if retried:
-        log.warning("sweep %s: trial%s %s re-queued (agent killed or interrupted): each "
-                    "counted once, by the retry that holds its run", study.study_name,
-                    "s" * (len(retried) > 1), ", ".join(map(str, sorted(retried))))
+    _note_requeued(study.study_name, trials, retried)
     rows, seen_runs = [], set()
     no_epoch = []
     for trial in trials:
@@ -218,6 +216,25 @@ def rows_from_study(study: Any, *, runs_dir: str | Path | None = None) -> list[R
         log.warning("sweep %s: trial%s %s ended without a finished epoch: not in the table",
                     study.study_name, "s" * (len(no_epoch) > 1), ", ".join(no_epoch))
     return sort_rows(rows)
+
+
+def _note_requeued(sweep_id: str, trials: list[Any], retried: set[int]) -> None:
+    """Say which trials were re-queued: counted once, by a retry with a result (info), or
+    not in the table at all while no retry has one yet (a warning)."""
+    if not retried:
+        return
+    answered = {n for t in trials if t.user_attrs.get("valid_acc") is not None
+                for n in [*t.system_attrs.get("retry_history", []),
+                          t.user_attrs.get("requeued_from")] if n is not None}
+    counted, waiting = sorted(retried & answered), sorted(retried - answered)
+    if counted:
+        log.info("sweep %s: trial%s %s re-queued (agent killed or interrupted): each counted "
+                 "once, by the retry that holds its run", sweep_id, "s" * (len(counted) > 1),
+                 ", ".join(map(str, counted)))
+    if waiting:
+        log.warning("sweep %s: trial%s %s re-queued (agent killed or interrupted) and no retry "
+                    "has a result yet: not in the table", sweep_id, "s" * (len(waiting) > 1),
+                    ", ".join(map(str, waiting)))
 
 
 def _run_here(stored: str | None, sweep_id: str, runs_dir: str | Path | None) -> str | None:

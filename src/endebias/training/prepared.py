@@ -88,9 +88,10 @@ def check_training_step(method: Method, benchmark: Benchmark, config: TrainConfi
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     trial = copy.deepcopy(method).train()
     try:
-        trial.training_step(benchmark.prepare(benchmark.train.inputs[:count]),
-                            benchmark.train.targets[:count], benchmark.train.biases[:count],
-                            torch.arange(count, device=benchmark.train.targets.device))
+        loss, _, parts = trial.training_step(
+            benchmark.prepare(benchmark.train.inputs[:count]), benchmark.train.targets[:count],
+            benchmark.train.biases[:count],
+            torch.arange(count, device=benchmark.train.targets.device))
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"method {config.method!r} cannot train model {config.model!r}: "
@@ -99,6 +100,14 @@ def check_training_step(method: Method, benchmark: Benchmark, config: TrainConfi
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+    terms = {"loss": loss, **parts}
+    bad = {name: float(value.detach().float().sum()) for name, value in terms.items()
+           if not bool(torch.isfinite(value.detach()).all())}
+    if bad:  # an option that overflows at once (alpha=1e39): before the folder is a run
+        shown = ", ".join(f"{name} {value}" for name, value in bad.items())
+        options = ", ".join(f"{k}={v}" for k, v in config.method_options.items()) or "none"
+        raise ValueError(f"method {config.method!r}: the first training step's loss is not "
+                         f"finite ({shown}) with options {options}; nothing was written")
 
 
 def prepare_solo(config: TrainConfig, shared: Shared, context: DistContext | None,
