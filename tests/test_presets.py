@@ -61,7 +61,9 @@ def test_the_method_follows_from_its_options():
     assert infer_method({"alpha": 0.1, "beta": 0.1}) == "end"
     assert infer_method({"pairs": "reference"}) == "end"
     assert infer_method({"step_size": 0.1}) == "groupdro"
-    assert infer_method({"smoothing": 1.0}) == "biasbal"
+    # BiasBal's prior is BC+BB's too: an option two methods share names neither.
+    with pytest.raises(ValueError, match="options smoothing fit methods bcbb, biasbal"):
+        infer_method({"smoothing": 1.0})
     with pytest.raises(ValueError, match="no method has all of the options alpha, smoothing"):
         infer_method({"alpha": 1.0, "smoothing": 0.5})
 
