@@ -111,3 +111,14 @@ def test_report_reads_a_moved_sweep_from_runs(tmp_path, capsys):
                        "--format", "json")
     assert {row["run_dir"] for row in json.loads(out)["rows"]} == {
         str(moved / "s1" / "trial-0"), str(moved / "s1" / "trial-1")}
+
+
+def test_a_run_without_its_config_is_named_not_skipped_silently(tmp_path, caplog):
+    folder = tmp_path / "sweep"
+    shutil.copytree(GOLDEN / "sweep_runs", folder)
+    (folder / "trial-0" / "config.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        rows = results.rows_from_runs(folder)
+    assert "trial-0" not in [r.id for r in rows]
+    assert (f"skipping {folder / 'trial-0'}: it holds run records (metrics.jsonl, best.json, "
+            "done) but no config.json") in caplog.text

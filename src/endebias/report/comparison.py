@@ -27,6 +27,7 @@ from endebias.report.results import (
     load_runs,
     mean_std,
     plus_minus,
+    run_folders,
     sort_rows,
 )
 from endebias.training import records
@@ -177,7 +178,7 @@ def find_runs(folders: list[str | Path]) -> list[Run]:
             found.append(load_run(folder))
             continue
         # A damaged run is skipped with a warning naming its file (results.load_runs).
-        found += load_runs([p for p in sorted(folder.iterdir()) if (p / records.CONFIG).exists()])
+        found += load_runs(run_folders(folder))  # a run without its config is named
     return distinct_runs(found)  # a copied run folder is not another seed
 
 

@@ -60,6 +60,20 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
     return distinct_runs(runs)
 
 
+def run_folders(folder: Path) -> list[Path]:
+    """The run folders in ``folder``, sorted; one holding run records without its
+    config (deleted) cannot be read as a run and is named in a warning, not skipped
+    silently."""
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if (path / records.CONFIG).exists():
+            found.append(path)
+        elif records.without_config(path) is not None:
+            log.warning("skipping %s: it holds run records (%s) but no %s", path,
+                        ", ".join(records.run_records(path)), records.CONFIG)
+    return found
+
+
 def distinct_runs(runs: list[Run]) -> list[Run]:
     """Each run once: a folder whose config equals an earlier one's (a copy, or the same
     seed trained twice, which gives the same numbers) is left out with a warning, so it
@@ -254,7 +268,7 @@ def rows_from_runs(folder: str | Path) -> list[Row]:
     if (Path(folder) / records.CONFIG).exists():
         folders = [Path(folder)]
     else:
-        folders = sorted(p for p in Path(folder).iterdir() if (p / records.CONFIG).exists())
+        folders = run_folders(Path(folder))
     for run in load_runs(folders):
         state = "COMPLETE" if run.done else "FAIL" if run.error else "RUNNING"
         if run.best is None:  # shown, without numbers: killed in (or still in) epoch 1
