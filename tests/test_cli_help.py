@@ -17,7 +17,7 @@ from endebias.data import dataset_names
 from endebias.methods import method_names
 from endebias.models import model_names
 from endebias.report import plots
-from endebias.report.results import Run
+from endebias.report.runs import Run
 from endebias.training.config import PRESETS
 
 

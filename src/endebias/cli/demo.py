@@ -64,7 +64,8 @@ def run_demo(
 ) -> int:
     # Imported here: the parser above is built for every command, training needs torch.
     from endebias.report.plots import plot_comparison
-    from endebias.report.results import load_run, side_by_side_table
+    from endebias.report.results import side_by_side_table
+    from endebias.report.runs import load_run
     from endebias.training.config import make_config
     from endebias.training.fit import fit, summary_line
 

@@ -21,15 +21,11 @@ from endebias.report.results import (
     PAPER_NOT_HERE,
     PAPER_TABLE1,
     Row,
-    Run,
-    distinct_runs,
-    load_run,
-    load_runs,
     mean_std,
     plus_minus,
-    run_folders,
     sort_rows,
 )
+from endebias.report.runs import Run, distinct_runs, load_run, load_runs, run_folders
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT, AGREEMENT_KEYS, PSEUDO_DEFAULTS
 
@@ -177,7 +173,7 @@ def find_runs(folders: list[str | Path]) -> list[Run]:
         if (folder / records.CONFIG).exists():
             found.append(load_run(folder))
             continue
-        # A damaged run is skipped with a warning naming its file (results.load_runs).
+        # A damaged run is skipped with a warning naming its file (runs.load_runs).
         found += load_runs(run_folders(folder))  # a run without its config is named
     return distinct_runs(found)  # a copied run folder is not another seed
 

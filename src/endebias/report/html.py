@@ -19,7 +19,8 @@ from endebias.figures import group_matrix_png
 from endebias.report import comparison, report_figures, results
 from endebias.report.plots import plot_sweep
 from endebias.report.protocol import axis_labels, protocol_words
-from endebias.report.results import Row, Run, load_run
+from endebias.report.results import Row
+from endebias.report.runs import Run, load_run
 from endebias.training import records
 
 STYLE = """

@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from endebias.report.protocol import axis_labels  # noqa: E402
-from endebias.report.results import Row, Run, load_run, option_names  # noqa: E402
+from endebias.report.results import Row, option_names  # noqa: E402
+from endebias.report.runs import Run, load_run  # noqa: E402
 
 
 def _group_matrix(run: Run, split: str) -> np.ndarray | None:

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from endebias.figures import as_matrix, figure_png  # noqa: E402
-from endebias.report.results import Run  # noqa: E402
+from endebias.report.runs import Run  # noqa: E402
 
 
 def mean_group_matrix(runs: Sequence[Run], split: str) -> list[list[float | None]] | None:
