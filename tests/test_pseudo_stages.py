@@ -66,10 +66,9 @@ def test_three_stages_write_their_records(tmp_path):
     test_groups = np.array(best["unbiased_test_group_acc"], dtype=float)
     assert test_groups.shape == (4, max(4, int(labels.max()) + 1))
     assert np.isnan(test_groups[:, 4:]).all() and not np.isnan(test_groups[:, :4]).any()
-    # A second launch returns the finished run; without --resume it is refused.
+    # A second launch returns the finished run, with or without --resume.
     assert fit(config, tmp_path, resume=True, progress=False) == best
-    with pytest.raises(RuntimeError, match="pass --resume"):
-        fit(config, tmp_path, progress=False)
+    assert fit(config, tmp_path, progress=False) == best
     with pytest.raises(RuntimeError, match="another config"):
         fit(pseudo_config(k=3), tmp_path, resume=True, progress=False)
 

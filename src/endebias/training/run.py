@@ -99,7 +99,8 @@ def prepare_data(
 
 def existing_run(config: TrainConfig, run_dir: Path, *, resume: bool) -> dict[str, Any] | None:
     """Step 1: what the folder holds. None for a new run or one to continue; the best
-    record of a finished run; an error for another run, or this run without ``resume``."""
+    record of this run finished (a rerun shows it); an error for another run, or this run
+    unfinished without ``resume``."""
     config_path = run_dir / records.CONFIG
     if not config_path.exists():
         problem = records.without_config(run_dir)
@@ -110,12 +111,12 @@ def existing_run(config: TrainConfig, run_dir: Path, *, resume: bool) -> dict[st
         raise RunAlreadyExistsError(
             f"{run_dir} holds a run with another config; choose another --out folder"
         )
+    if (run_dir / records.DONE).exists():  # finished: its result, --resume or not
+        return records.read_json_object(run_dir / records.BEST)
     if not resume:
         raise RunAlreadyExistsError(
-            f"{run_dir} already holds this run; pass --resume to continue it"
+            f"{run_dir} already holds this run, unfinished; pass --resume to continue it"
         )
-    if (run_dir / records.DONE).exists():
-        return records.read_json_object(run_dir / records.BEST)
     return None
 
 
@@ -302,6 +303,8 @@ def _train_packs(todo: list[Member], *, data_dir: str | None, resume: bool,
 
 
 def summary_line(best: dict[str, Any]) -> str:
-    keys = [k for k, v in best.items() if k.endswith("_acc") and isinstance(v, float)]
+    # valid first, then the rest by name: the same line for a fresh and a reread record
+    keys = sorted((k for k, v in best.items() if k.endswith("_acc") and isinstance(v, float)),
+                  key=lambda k: (k != "valid_acc", k))
     shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in keys if not k.startswith("train"))
     return f"best epoch {best['epoch']} by valid accuracy: {shown}"
