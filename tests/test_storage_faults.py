@@ -204,3 +204,40 @@ def test_an_unreachable_server_at_start_up_is_retried_for_storage_retry(capsys, 
     assert "cannot open sweep storage postgresql://endebias:***@127.0.0.1:1/nowhere" in err
     assert "still after 2 s of retries" in err and "pw" not in err.split("@", 1)[0]
     assert "unreachable" in caplog.text and "retrying for up to 2 s" in caplog.text
+
+
+def test_a_study_file_damaged_under_a_running_agent_is_one_line(tmp_path):
+    """Bytes of the study file flipped while the agent trains its first trial: Optuna
+    then fails with "record does not exist" and its own UnboundLocalError; the agent
+    names the file and the trial's kept epochs instead, without a traceback."""
+    from tiny_sweep import tiny_sweep_spec
+
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(yaml.safe_dump(tiny_sweep_spec(run_cap=1, epochs=30)))
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}"
+    assert main(["sweep", "create", str(sweep_file), "--storage", url, "--id", "s1"]) == 0
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "endebias", "sweep", "agent", "s1", "--storage", url, "--runs",
+         str(tmp_path / "runs"), "--storage-retry", "1"],
+        env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in agent.stderr:  # training has started: the trial is RUNNING
+            if "one run on" in line:
+                break
+        time.sleep(2)
+        size = db.stat().st_size
+        with open(db, "r+b") as handle:  # every page past the first, its cell area
+            for offset in range(4096, size, 4096):
+                handle.seek(offset + 8)
+                handle.write(b"\xff" * 200)
+        err = agent.stderr.read()
+        agent.wait(timeout=120)
+    finally:
+        agent.kill()
+    assert agent.returncode == 2, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("endebias: error:")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"endebias: error: sweep storage {db} is damaged (")
+    assert "trial 0 stopped with" in lines[0] and "finished epochs kept in" in lines[0]

@@ -31,6 +31,7 @@ from endebias.sweeps import stale
 from endebias.sweeps import storage as sweep_storage
 from endebias.sweeps.retry import DEFAULT_RETRY_SECONDS, StorageUnavailable, find_unavailable
 from endebias.sweeps.search_space import SweepSpec
+from endebias.sweeps.sqlite_file import study_file_problem
 from endebias.sweeps.trials import (  # noqa: F401  (suggest: the agent's public helper)
     AgentResult,
     Claimed,
@@ -203,9 +204,14 @@ def run_agent(
             # Optuna's clean-up after the trial fails on the lost storage too and may
             # raise something else; the loss is behind it.
             lost = find_unavailable(error)
-            if lost is None:
+            if lost is not None:
+                raise StorageUnavailable(f"{lost}; {stale.kept(objective.active)}") from None
+            # A study file damaged under the agent surfaces as Optuna's "record does not
+            # exist" or worse: name the file and what was kept instead.
+            damaged = study_file_problem(storage)
+            if damaged is None:
                 raise
-            raise StorageUnavailable(f"{lost}; {stale.kept(objective.active)}") from None
+            raise RuntimeError(f"{damaged}; {stale.kept(objective.active)}") from None
         if not trained:
             # A full sweep ends the loop at its next check; a config that another agent is
             # training comes back once that run is done, so wait a little before asking again.

@@ -224,3 +224,18 @@ def check_study_file(path: Path, *, create: bool, wait: float = 0.0) -> None:
             f"no sweep storage at {path}: an SQLite file without sweeps (no Optuna tables); "
             "create a sweep first (endebias sweep create FILE)"
         )
+
+
+def study_file_problem(url: str) -> str | None:
+    """Why the SQLite study file behind ``url`` cannot be used now (damaged, gone, not a
+    database), asked after an unexplained storage error; None for a server URL or a file
+    that reads as sound (a lock held a moment is no such reason)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    try:
+        check_study_file(Path(url.removeprefix("sqlite:///")), create=False)
+    except StorageBusy:
+        return None
+    except (RuntimeError, ValueError, OSError) as error:
+        return str(error)
+    return None
