@@ -5,7 +5,10 @@ covered without a line here)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from endebias.methods import method_class, method_names
 from endebias.sweeps.sweep_file import SweepFileError, parse_sweep
@@ -44,3 +47,11 @@ def test_a_corner_the_method_refuses_is_refused_at_create(name, key, bad, messag
     text = str(caught.value)
     assert text.startswith(f"s.yaml: parameters.{key}: ") and message in text, text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize("name", ["rubi", "learned_mixin", "rebias"])
+def test_their_quick_sweep_files_pass_sweep_create(name):
+    path = Path(__file__).resolve().parents[1] / "sweeps" / f"{name}_biased_mnist_quick.yaml"
+    spec = parse_sweep(yaml.safe_load(path.read_text()), source=str(path), announce=False)
+    space = method_class(name.replace("_", "-")).search_space
+    assert all(spec.parameters[key].home == ("method_options", key) for key in space)

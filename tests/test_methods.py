@@ -135,10 +135,12 @@ def test_every_method_plugs_into_the_trainer(name, tmp_path):
     assert len(lines) == 2
 
 
-@pytest.mark.parametrize("name", ["groupdro", "lff", "biasbal"])
+@pytest.mark.parametrize("name", ["groupdro", "lff", "biasbal", "rubi", "learned-mixin",
+                                  "rebias"])
 def test_quick_sweep_files_search_within_the_search_space(name):
     """A sweep file may narrow a method's range (after a first sweep), never leave it."""
-    sweep = yaml.safe_load((SWEEPS / f"{name}_biased_mnist_quick.yaml").read_text())
+    path = SWEEPS / f"{name.replace('-', '_')}_biased_mnist_quick.yaml"
+    sweep = yaml.safe_load(path.read_text())
     assert sweep["metric"] == {"name": "valid_acc", "goal": "maximize"}
     assert sweep["parameters"]["method"] == {"value": name}
     for option, spec in method_class(name).search_space.items():
