@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from endebias.training.config import PAPER, PRESETS, TrainConfig
+from endebias.training.presets import DEFAULT_MODEL, PAPER, PRESETS
 
 # Datasets whose target and bias have a name of their own; tables and image folders name
 # theirs in their options (target=COLUMN, bias=COLUMN).
@@ -16,7 +16,7 @@ NAMED_AXES = {
     "colored-mnist": ("digit", "colour"),
     "celeba": (None, "gender"),
 }
-_DEFAULT_MODEL = TrainConfig.model
+_DEFAULT_MODEL = DEFAULT_MODEL
 
 
 def _plural(count: int, word: str) -> str:
