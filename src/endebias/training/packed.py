@@ -230,6 +230,7 @@ class PackedMethod(nn.Module):
             r_perp, r_par = end_terms(
                 features[:, member], targets, biases, pairs=pairs,
                 num_targets=self.num_targets, num_biases=self.num_biases,
+                normalize=False,  # already unit-norm, as in the solo method
             )
             losses.append(ce + alpha * r_perp + beta * r_par)
             parts.append({"ce": ce.detach(), "r_perp": r_perp.detach(), "r_par": r_par.detach()})
