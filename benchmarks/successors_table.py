@@ -3,7 +3,8 @@ each method's seconds per epoch relative to vanilla measured in the same run.
 
     python benchmarks/successors_table.py --data-dir ../shared/data/mnist \
         [--rho 0.997] [--seed 1] [--train-subset 6000] [--eval-subset 2000] [--epochs 4] \
-        [--methods vanilla end ...] [--threads 2] [--out runs/successors-table]
+        [--methods vanilla end ...] [--set METHOD.OPTION=VALUE ...] [--threads 2] \
+        [--out runs/successors-table]
 
 The quick preset's network and optimiser (docs/methods.md) on a random --train-subset of
 the training split for --epochs epochs (the learning-rate drop of the quick preset comes
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from endebias.methods import method_names
 from endebias.training import records
@@ -47,30 +49,41 @@ def main() -> None:
     parser.add_argument("--eval-subset", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--methods", nargs="+", choices=method_names(), default=DEFAULT_METHODS)
+    parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.OPTION=VALUE",
+                        help="a method option off its default (the run folder names it)")
     parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    options: dict[str, dict] = {method: {} for method in args.methods}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        method, _, option = name.partition(".")
+        if method not in options or not option or not value:
+            parser.error(f"--set {item!r}: expected METHOD.OPTION=VALUE for a listed method")
+        options[method][option] = yaml.safe_load(value)
     rows = []
     for method in args.methods:
         config = make_config(
             "quick", dataset_options={"rho": args.rho}, method=method, seed=args.seed,
             epochs=args.epochs, train_subset=args.train_subset, eval_subset=args.eval_subset,
+            method_options=options[method],
         )
-        run_dir = Path(args.out) / method
+        label = "-".join([method, *(f"{k}{v}" for k, v in sorted(options[method].items()))])
+        run_dir = Path(args.out) / label
         started = time.perf_counter()
         best = fit(config, run_dir, data_dir=args.data_dir, resume=True, progress=False)
         seconds = epoch_seconds(run_dir)
-        rows.append((method, best, seconds))
-        print(f"{method}: unbiased {100 * best['unbiased_test_acc']:.2f}, {seconds:.1f} s/epoch "
+        rows.append((label, best, seconds))
+        print(f"{label}: unbiased {100 * best['unbiased_test_acc']:.2f}, {seconds:.1f} s/epoch "
               f"({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
-    vanilla = next((s for m, _, s in rows if m == "vanilla"), None)
+    vanilla = next((s for label, _, s in rows if label == "vanilla"), None)
     print()
     print("| method | unbiased % | biased % | best epoch | s/epoch | × vanilla |")
     print("|---|---:|---:|---:|---:|---:|")
-    for method, best, seconds in rows:
+    for label, best, seconds in rows:
         relative = f"{seconds / vanilla:.2f}" if vanilla else "-"
-        print(f"| {method} | {100 * best['unbiased_test_acc']:.2f} | "
+        print(f"| {label} | {100 * best['unbiased_test_acc']:.2f} | "
               f"{100 * best['biased_test_acc']:.2f} | {best['epoch']} | {seconds:.1f} | "
               f"{relative} |")
 
