@@ -1,0 +1,90 @@
+"""Seconds per training step of every method relative to vanilla, measured round-robin so
+that a loaded, shared machine slows every method alike.
+
+    python benchmarks/step_cost.py [--rounds 7] [--steps 3] [--batch-size 256] [--threads 2]
+        [--methods vanilla end ...]
+
+Each method wraps the quick preset's SimpleConvNet (docs/methods.md) for 10 classes and
+10 bias values on 28x28 colour images; one step is the training step, backward and an
+Adam step on one fixed random batch. Each round times --steps steps of every method in
+turn (after one untimed warm-up step each); the table shows each method's median over
+rounds, and its median ratio to vanilla's time in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import torch
+
+from endebias.methods import build_method, method_names
+from endebias.models import build_model
+from endebias.training.config import QUICK
+
+DEFAULT_METHODS = [name for name in method_names() if name != "gce"]
+
+
+def build(name: str, *, classes: int, shape: tuple[int, ...], size: int):
+    torch.manual_seed(0)
+    network = functools.partial(build_model, num_classes=classes, input_shape=shape)
+    labels = torch.arange(size) % classes
+    method = build_method(
+        name, model=network("simple-conv", **QUICK["model_options"]), num_targets=classes,
+        num_biases=classes, train_targets=labels, train_biases=labels, input_shape=shape,
+        build_network=network,
+    )
+    return method, torch.optim.Adam(method.parameters(), lr=1e-3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--methods", nargs="+", choices=method_names(), default=DEFAULT_METHODS)
+    parser.add_argument("--threads", type=int, help="torch threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    classes, shape = 10, (3, 28, 28)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(args.batch_size, *shape, generator=generator)
+    targets = torch.randint(classes, (args.batch_size,), generator=generator)
+    # 99 % aligned, as in Biased MNIST: a few bias-conflicting samples per batch.
+    conflicting = torch.rand(args.batch_size, generator=generator) < 0.01
+    biases = torch.where(conflicting, (targets + 1) % classes, targets)
+    indices = torch.arange(args.batch_size)
+    methods = {name: build(name, classes=classes, shape=shape, size=args.batch_size)
+               for name in args.methods}
+
+    def step(name: str) -> None:
+        method, optimizer = methods[name]
+        loss, _, _ = method.training_step(inputs, targets, biases, indices)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for name in methods:
+        step(name)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.rounds):
+        for name in methods:
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                step(name)
+            seconds[name].append((time.perf_counter() - started) / args.steps)
+    print("| method | s / step (median) | × vanilla (median of rounds) |")
+    print("|---|---:|---:|")
+    for name, times in seconds.items():
+        ratio = "-"
+        if "vanilla" in seconds:
+            ratios = [t / v for t, v in zip(times, seconds["vanilla"], strict=True)]
+            ratio = f"{statistics.median(ratios):.2f}"
+        print(f"| {name} | {statistics.median(times):.3f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
