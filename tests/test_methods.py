@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 from endebias.data import build_dataset
-from endebias.methods import build_method, method_class, method_names
+from endebias.methods import StageResult, build_method, method_class, method_names
 from endebias.models import build_model
 from endebias.training import records
 from endebias.training.config import make_config
@@ -29,6 +29,19 @@ TINY_MODEL = {"channels": [4, 8], "kernel_size": 3}
 
 def _data():
     return build_dataset("synthetic", seed=0, rho=0.9, train_size=96, eval_size=32)
+
+
+def _stage_result(name: str, benchmark):
+    """For a method that declares a first stage: a stand-in result whose logits get every
+    third training sample wrong (the trainer's real stages: test_stages.py)."""
+    cls = method_class(name)
+    if cls.first_stage(dict(cls.defaults)) is None:
+        return None
+    targets = benchmark.train.targets
+    predicted = torch.where(torch.arange(len(targets)) % 3 == 0,
+                            (targets + 1) % benchmark.num_targets, targets)
+    logits = nn.functional.one_hot(predicted, benchmark.num_targets).float()
+    return StageResult(nn.Identity(), logits)
 
 
 def _build(name: str, seed: int, benchmark, **options):
@@ -47,6 +60,7 @@ def _build(name: str, seed: int, benchmark, **options):
         input_shape=benchmark.input_shape,
         build_network=partial(build_model, num_classes=benchmark.num_targets,
                               input_shape=benchmark.input_shape),
+        first_stage=_stage_result(name, benchmark),
         **options,
     )
 

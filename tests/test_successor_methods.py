@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from endebias.methods import build_method, method_class
+from endebias.methods import StageResult, build_method, method_class
 from endebias.methods.biasbal import log_bias_prior
 from endebias.methods.contrastive_losses import bias_contrastive, epsilon_supinfonce, fairkl
 from endebias.sweeps.sweep_file import SweepFileError, parse_sweep
 from endebias.training.config import make_config
 from endebias.training.fit import fit
 
-NEW = ["fairkl", "biascon", "bcbb", "di", "sd", "lnl"]
+NEW = ["fairkl", "biascon", "bcbb", "di", "sd", "lnl", "jtt"]
 
 
 class Encoder(nn.Module):
@@ -37,11 +37,12 @@ class Encoder(nn.Module):
 
 
 def _build(name, model=None, *, targets=(0, 1, 0, 1, 1, 0), biases=(0, 0, 1, 1, 0, 1),
-           **options):
+           first_stage=None, **options):
     torch.manual_seed(0)
     return build_method(
         name, model=model or Encoder(), num_targets=2, num_biases=2,
-        train_targets=torch.tensor(targets), train_biases=torch.tensor(biases), **options,
+        train_targets=torch.tensor(targets), train_biases=torch.tensor(biases),
+        first_stage=first_stage, **options,
     )
 
 
@@ -171,6 +172,23 @@ def test_lnl_routes_each_term_to_its_network():
     assert groups["bias_predictor"].parameters == list(predictor.parameters())
 
 
+def test_jtt_up_weights_the_errors_of_its_erm_stage():
+    targets = torch.tensor([0, 1, 0, 1, 1, 0])
+    stage_logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0],  # sample 2 wrong
+                                 [1.0, 0.5], [0.2, 0.9], [1.0, -1.0]])  # sample 3 wrong
+    method = _build("jtt", model=nn.Identity(), targets=tuple(targets.tolist()), up_weight=4.0,
+                    first_stage=StageResult(nn.Identity(), stage_logits))
+    assert method.errors.tolist() == [False, False, True, True, False, False]
+    assert method_class("jtt").uses_bias_labels is False
+    logits = torch.tensor([[0.3, -0.2], [1.0, 0.0], [-0.5, 0.5]])
+    indices = torch.tensor([1, 2, 3])
+    loss, _, parts = method.training_step(logits, targets[indices], targets[indices], indices)
+    ce = [math.log(sum(math.exp(v) for v in row)) - row[t]
+          for row, t in zip(logits.tolist(), targets[indices].tolist(), strict=True)]
+    assert float(loss) == pytest.approx((ce[0] + 4 * ce[1] + 4 * ce[2]) / 9, rel=1e-6)
+    assert float(parts["error_fraction"]) == pytest.approx(2 / 3)
+
+
 # ----------------------------------------------------------------- validation ---
 
 
@@ -192,11 +210,15 @@ def test_lnl_routes_each_term_to_its_network():
         ("lnl", {"entropy_weight": -1.0}, "entropy_weight"),
         ("lnl", {"reversal_weight": float("nan")}, "reversal_weight"),
         ("fairkl", {"alpha": 1.0}, "has no option 'alpha'"),
+        ("jtt", {"up_weight": 0.5}, "up_weight must be >= 1"),
+        ("jtt", {"up_weight": float("inf")}, "up_weight must be"),
+        ("jtt", {"erm_epochs": 0}, "erm_epochs must be a positive integer"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(name, options, message):
+    stage = StageResult(nn.Identity(), torch.zeros(6, 2)) if name == "jtt" else None
     with pytest.raises(ValueError, match=message) as caught:
-        _build(name, **options)
+        _build(name, first_stage=stage, **options)
     assert "\n" not in str(caught.value)
 
 
@@ -252,8 +274,8 @@ def vanilla_accuracy(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("method", "setting", "margin"),
-                         [("fairkl", "mlp", 0.1), ("biascon", "conv", 0.04),
-                          ("bcbb", "conv", 0.04)])
+                         [("fairkl", "mlp", 0.1), ("jtt", "mlp", 0.1),
+                          ("biascon", "conv", 0.04), ("bcbb", "conv", 0.04)])
 def test_method_beats_vanilla_on_planted_bias(method, setting, margin, vanilla_accuracy,
                                                tmp_path):
     ours = _unbiased_accuracy(method, setting, tmp_path)

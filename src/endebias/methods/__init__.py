@@ -171,6 +171,7 @@ from endebias.methods import (  # noqa: E402,F401
     fairkl,
     gce,
     groupdro,
+    jtt,
     learned_mixin,
     lff,
     lnl,
