@@ -27,8 +27,8 @@ COLUMNS = (*BUDGET_COLUMNS, "method", "rho", "seed", "best_epoch", "valid_acc", 
            "torch", "date")
 NUMBERS = ("rho", "valid_acc", "biased_acc", "unbiased_acc", "minutes", "load_avg",
            "end_alpha", "end_beta")
-INTEGERS = ("seed", "best_epoch", "epochs", "lr_step", "kernel_size", "agents", "threads",
-            "cores")
+INTEGERS = ("seed", "best_epoch", "epochs", "lr_step", "kernel_size", "train_subset",
+            "eval_subset", "agents", "threads", "cores")
 
 # The paper's Table 1, unbiased test accuracy in % (endebias.report.results.PAPER_TABLE1).
 PAPER_VANILLA = {0.999: 10.4, 0.997: 33.4, 0.995: 72.1, 0.990: 89.1}

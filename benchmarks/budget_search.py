@@ -119,22 +119,28 @@ def digest(value: Any) -> str:
 
 def open_sweep(prefix: str, mapping: dict[str, Any], pending: list[float], storage: str) -> str:
     """The sweep for these cells: one of this budget and method already in the storage
-    whose unfinished rhos are exactly the pending ones (a killed search's, whose trials
-    resume their folders), else a new one over the pending rhos."""
+    whose unfinished rhos are exactly the pending ones and none of whose trials failed (a
+    killed search's: its trials resume their folders), else a new one over the pending
+    rhos (a grid does not retry a failed point, so a failed cell gets a new sweep)."""
     constants = {k: v for k, v in mapping["parameters"].items() if k != "rho"}
     prefix = f"{prefix}-{digest(constants)}"
     rdb = sweep_storage.open_storage(storage, create=True)
-    for study_name in sorted(s.study_name for s in optuna.get_all_study_summaries(rdb)):
-        if not study_name.startswith(prefix + "-"):
-            continue
+    names = {s.study_name for s in optuna.get_all_study_summaries(rdb)}
+    for study_name in sorted(n for n in names if n.startswith(prefix + "-")):
         study = sweep_storage.load_study(study_name, storage=rdb)
         grid = sweep_storage.sweep_spec(study).parameters["rho"].values
-        done = {t.params.get("rho") for t in study.get_trials(deepcopy=False)
-                if t.state == TrialState.COMPLETE}
+        trials = study.get_trials(deepcopy=False)
+        done = {t.params.get("rho") for t in trials if t.state == TrialState.COMPLETE}
+        if any("error" in t.user_attrs for t in trials):
+            continue
         if {r for r in grid if r not in done} == set(pending):
             return study_name
     mapping = {**mapping, "parameters": {**mapping["parameters"], "rho": {"values": pending}}}
-    sweep_id = f"{prefix}-{digest(pending)}"
+    base = sweep_id = f"{prefix}-{digest(pending)}"
+    tries = 1
+    while sweep_id in names:
+        tries += 1
+        sweep_id = f"{base}-{tries}"
     spec = parse_sweep(mapping, source=sweep_id, announce=False)
     return sweep_storage.create_sweep(spec, storage=storage, sweep_id=sweep_id)
 
@@ -281,6 +287,13 @@ def main(argv: list[str] | None = None) -> None:
             recorder = Recorder(sweep_id, storage, args.csv, budget, method=method, args=args)
             run_cells(sweep_id, args=args, storage=storage, cells=len(pending),
                       record=recorder)
+            done = {row_key(r) for r in read_rows(args.csv)}
+            left = [rho for rho in pending if (name, method, round(rho, 6), args.seed)
+                    not in done]
+            if left:
+                print(f"{name} {method}: rho {', '.join(map(str, left))} not finished (a "
+                      f"failed trial: see {Path(args.runs) / 'logs'}); the next run of this "
+                      "command tries again in a new sweep", flush=True)
     rows = read_rows(args.csv)
     print(f"\n{len(rows)} cell(s) in {args.csv} (key: {', '.join(KEY_COLUMNS)})\n")
     print(table(rows))

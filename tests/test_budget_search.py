@@ -146,13 +146,16 @@ def candidates_file(tmp_path: Path, *, epochs: int = 1, **extra) -> Path:
 
 def test_a_budget_changed_after_its_rows_is_refused(tmp_path):
     candidates = budget_search.load_candidates(candidates_file(tmp_path))
+    candidates["budgets"]["tiny"]["train_subset"] = 200
+    path = tmp_path / "search.csv"
     row = budget_search.budget_columns("tiny", candidates)
-    rows = [{**row, "pool_after": "[0]", "channels": "[8, 16]", "train_subset": "",
-             "eval_subset": ""}]
-    budget_search.check_consistent(rows, candidates)  # as written: accepted
-    rows[0]["epochs"] = 2
-    with pytest.raises(SystemExit, match="budget 'tiny': the CSV has epochs=2"):
-        budget_search.check_consistent(rows, candidates)
+    budget_rule.upsert(path, full_row(**row))
+    budget_search.check_consistent(budget_rule.read_rows(path), candidates)  # as written
+    for key, value in (("epochs", 2), ("train_subset", 100), ("channels", [8, 32])):
+        changed = {**candidates, "budgets": {"tiny": {**candidates["budgets"]["tiny"],
+                                                      key: value}}}
+        with pytest.raises(SystemExit, match=f"budget 'tiny': the CSV has {key}="):
+            budget_search.check_consistent(budget_rule.read_rows(path), changed)
 
 
 def test_candidates_file_errors_name_the_budget(tmp_path):
@@ -223,3 +226,24 @@ def test_killed_search_continues_with_the_same_command(tmp_path):
     assert sorted(r["rho"] for r in rows) == [0.9, 0.99]
     assert [r for r in rows if r["rho"] == first[0]["rho"]] == first  # not retrained
     assert "1 cell(s), 1 agent(s)" in out
+
+
+def test_open_sweep_reuses_a_killed_search_and_not_a_failed_one(tmp_path):
+    candidates = budget_search.load_candidates(candidates_file(tmp_path))
+    storage = f"sqlite:///{tmp_path}/sweeps.db"
+    mapping = budget_search.sweep_mapping("tiny", "end", [0.99, 0.9], 42, candidates)
+    first = budget_search.open_sweep("budget-tiny-end", mapping, [0.99, 0.9], storage)
+    assert budget_search.open_sweep("budget-tiny-end", mapping, [0.99, 0.9], storage) == first
+    study = budget_search.sweep_storage.load_study(first, storage=storage)
+    spec = budget_search.sweep_storage.sweep_spec(study)
+    assert spec.method == "grid" and spec.parameters["rho"].values == (0.99, 0.9)
+    assert spec.parameters["alpha"].value == 1.0
+    assert spec.parameters["model_options.channels"].value == [8, 16]
+    # Only one cell left: a sweep over that cell alone.
+    other = budget_search.open_sweep("budget-tiny-end", mapping, [0.9], storage)
+    assert other not in (first,) and other.startswith(first.rsplit("-", 1)[0])
+    trial = study.ask()
+    trial.set_user_attr("error", "ValueError: broken")
+    study.tell(trial, state=budget_search.TrialState.FAIL)
+    again = budget_search.open_sweep("budget-tiny-end", mapping, [0.99, 0.9], storage)
+    assert again == f"{first}-2"
