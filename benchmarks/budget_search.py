@@ -170,6 +170,7 @@ def cell_row(trial: Any, budget: dict[str, Any], *, method: str, seed: int, agen
                 ("valid_acc", "valid_acc"), ("biased_acc", "biased_test_acc"),
                 ("unbiased_acc", "unbiased_test_acc"))},
             "minutes": round(sum(r["seconds"] for r in history) / 60, 3),
+            "fast_path": history[-1].get("fast_path", ""),
             "agents": agents, "threads": threads, "load_avg": round(load, 1),
             "cores": os.cpu_count(), "machine": machine(),
             "torch": importlib.metadata.version("torch"),
