@@ -9,7 +9,12 @@ import math
 import pytest
 import torch
 
-from endebias.methods.contrastive_losses import bias_contrastive, epsilon_supinfonce, fairkl
+from endebias.methods.contrastive_losses import (
+    bias_contrastive,
+    epsilon_supinfonce,
+    fairkl,
+    soft_bias_contrastive,
+)
 
 
 def _batch(size: int, *, classes: int, biases: int, seed: int, dim: int = 5):
@@ -33,6 +38,23 @@ def bias_contrastive_loop(z, y, b, temperature):
         terms = [torch.log(torch.exp(_sim(z, i, p, temperature)) / denominator)
                  for p in positives]
         total = total - (sum(terms) / len(terms) if terms else 0.0)
+    return total / n
+
+
+def soft_bias_contrastive_loop(z, y, u, temperature):
+    n, total = len(z), 0.0
+    for i in range(n):
+        denominator = sum(torch.exp(_sim(z, i, a, temperature)) for a in range(n) if a != i)
+        weighted, weight_sum = 0.0, 0.0
+        for p in range(n):
+            if p != i and y[p] == y[i]:
+                cosine = _sim(u, i, p, 1.0) / (torch.linalg.norm(u[i]) * torch.linalg.norm(u[p]))
+                w = 1 - cosine
+                weighted = weighted + w * torch.log(torch.exp(_sim(z, i, p, temperature))
+                                                    / denominator)
+                weight_sum = weight_sum + w
+        if float(weight_sum) != 0:
+            total = total - weighted / weight_sum
     return total / n
 
 
@@ -97,6 +119,24 @@ def test_bias_contrastive_matches_its_definition(seed, temperature):
     value, grad = _check(lambda z: bias_contrastive(z, y, b, temperature=temperature),
                          lambda z: bias_contrastive_loop(z, y, b, temperature), z)
     assert value != 0 and grad.abs().sum() > 0  # the batch has positives: not vacuous
+
+
+@pytest.mark.parametrize(("seed", "temperature"), [(0, 0.07), (3, 0.5)])
+def test_soft_bias_contrastive_matches_its_definition(seed, temperature):
+    z, y, _ = _batch(8, classes=2, biases=2, seed=seed)
+    u = torch.randn(8, 3, generator=torch.Generator().manual_seed(seed + 10),
+                    dtype=torch.float64).abs()  # ReLU-like bias features
+    value, _ = _check(lambda z: soft_bias_contrastive(z, y, u, temperature=temperature),
+                      lambda z: soft_bias_contrastive_loop(z, y, u, temperature), z)
+    assert value != 0
+
+
+def test_soft_bias_contrastive_without_bias_differences_is_zero():
+    z, y, _ = _batch(6, classes=2, biases=2, seed=9)
+    same_bias = torch.ones(6, 4, dtype=torch.float64)  # every pair looks alike: no weight
+    value, grad = _value_and_grad(lambda z: soft_bias_contrastive(z, y, same_bias,
+                                                                  temperature=0.1), z)
+    assert value == 0 and torch.isfinite(grad).all() and grad.abs().max() < 1e-12
 
 
 @pytest.mark.parametrize(("seed", "temperature", "epsilon"),

@@ -13,12 +13,17 @@ from torch import nn
 
 from endebias.methods import StageResult, build_method, method_class
 from endebias.methods.biasbal import log_bias_prior
-from endebias.methods.contrastive_losses import bias_contrastive, epsilon_supinfonce, fairkl
+from endebias.methods.contrastive_losses import (
+    bias_contrastive,
+    epsilon_supinfonce,
+    fairkl,
+    soft_bias_contrastive,
+)
 from endebias.sweeps.sweep_file import SweepFileError, parse_sweep
 from endebias.training.config import make_config
 from endebias.training.fit import fit
 
-NEW = ["fairkl", "biascon", "bcbb", "di", "sd", "lnl", "jtt"]
+NEW = ["fairkl", "biascon", "bcbb", "di", "sd", "lnl", "jtt", "softcon"]
 
 
 class Encoder(nn.Module):
@@ -189,6 +194,29 @@ def test_jtt_up_weights_the_errors_of_its_erm_stage():
     assert float(parts["error_fraction"]) == pytest.approx(2 / 3)
 
 
+def test_softcon_weights_pairs_by_a_frozen_bias_network():
+    bias_network = Encoder(width=3)
+    stage = StageResult(build_method("vanilla", model=bias_network, num_targets=2,
+                                     num_biases=2, train_targets=torch.zeros(2).long(),
+                                     train_biases=torch.zeros(2).long()), torch.zeros(6, 2))
+    method = _build("softcon", first_stage=stage, temperature=0.2, ce_weight=0.5)
+    assert method_class("softcon").uses_bias_labels is False
+    frozen = {k: v.clone() for k, v in bias_network.state_dict().items()}
+    inputs, targets, biases, indices = _batch(5)
+    method.train()
+    assert not method.bias_network.training and method.model.training
+    loss, logits, parts = method.training_step(inputs, targets, biases, indices)
+    z = nn.functional.normalize(method.model.encoder(inputs), dim=1)
+    u = bias_network.encoder(inputs)
+    soft = soft_bias_contrastive(z, targets, u, temperature=0.2)
+    ce = nn.functional.cross_entropy(logits, targets)
+    assert float(loss.detach()) == pytest.approx(float(0.5 * ce + soft), rel=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in bias_network.parameters())
+    for key, value in bias_network.state_dict().items():
+        assert torch.equal(value, frozen[key]), key
+
+
 # ----------------------------------------------------------------- validation ---
 
 
@@ -213,10 +241,14 @@ def test_jtt_up_weights_the_errors_of_its_erm_stage():
         ("jtt", {"up_weight": 0.5}, "up_weight must be >= 1"),
         ("jtt", {"up_weight": float("inf")}, "up_weight must be"),
         ("jtt", {"erm_epochs": 0}, "erm_epochs must be a positive integer"),
+        ("softcon", {"temperature": 0.0}, "temperature must be"),
+        ("softcon", {"ce_weight": -1.0}, "ce_weight"),
+        ("softcon", {"bias_epochs": 0}, "bias_epochs must be a positive integer"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(name, options, message):
-    stage = StageResult(nn.Identity(), torch.zeros(6, 2)) if name == "jtt" else None
+    staged = name in ("jtt", "softcon")
+    stage = StageResult(Encoder(), torch.zeros(6, 2)) if staged else None
     with pytest.raises(ValueError, match=message) as caught:
         _build(name, first_stage=stage, **options)
     assert "\n" not in str(caught.value)
@@ -275,7 +307,8 @@ def vanilla_accuracy(tmp_path_factory):
 
 @pytest.mark.parametrize(("method", "setting", "margin"),
                          [("fairkl", "mlp", 0.1), ("jtt", "mlp", 0.1),
-                          ("biascon", "conv", 0.04), ("bcbb", "conv", 0.04)])
+                          ("biascon", "conv", 0.04), ("bcbb", "conv", 0.04),
+                          ("softcon", "conv", 0.04)])
 def test_method_beats_vanilla_on_planted_bias(method, setting, margin, vanilla_accuracy,
                                                tmp_path):
     ours = _unbiased_accuracy(method, setting, tmp_path)

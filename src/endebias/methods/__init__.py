@@ -178,5 +178,6 @@ from endebias.methods import (  # noqa: E402,F401
     rebias,
     rubi,
     sd,
+    softcon,
     vanilla,
 )

@@ -8,6 +8,8 @@ a loss of 0, not NaN.
 
 * :func:`bias_contrastive` -- BiasCon (Hong & Yang, NeurIPS 2021): supervised contrastive
   loss whose positives share the target but not the bias.
+* :func:`soft_bias_contrastive` -- SoftCon (same paper): BiasCon without bias labels, each
+  positive weighted by how far apart a bias-capturing model puts the two samples.
 * :func:`epsilon_supinfonce` -- epsilon-SupInfoNCE (Barbano et al., ICLR 2023): each
   positive against the negatives, with a margin epsilon.
 * :func:`fairkl` -- FairKL (same paper): match the distribution of similarities of
@@ -41,6 +43,24 @@ def bias_contrastive(
     positives = (targets[:, None] == targets[None, :]) & (biases[:, None] != biases[None, :])
     log_denominator = torch.logsumexp(similarity.masked_fill(~others, float("-inf")), dim=1)
     return _mean_over_positives(similarity - log_denominator[:, None], positives & others)
+
+
+def soft_bias_contrastive(
+    features: Tensor, targets: Tensor, bias_features: Tensor, *, temperature: float
+) -> Tensor:
+    """``mean_i -(sum_p w_ip log( exp(s_ip) / sum_{a != i} exp(s_ia) )) / sum_p w_ip`` over
+    ``p != i`` with ``y_p = y_i``, ``w_ip = 1 - cos(bias_features_i, bias_features_p)``;
+    an anchor whose weights sum to 0 contributes 0."""
+    similarity = features @ features.T / temperature
+    others = _off_diagonal(len(features), features.device)
+    unit = torch.nn.functional.normalize(bias_features, dim=1)
+    same = (targets[:, None] == targets[None, :]) & others
+    weights = torch.where(same, 1 - unit @ unit.T, 0.0)
+    log_denominator = torch.logsumexp(similarity.masked_fill(~others, float("-inf")), dim=1)
+    log_prob = torch.where(others, similarity - log_denominator[:, None], 0.0)
+    total = weights.sum(dim=1)
+    per_anchor = (weights * log_prob).sum(dim=1) / torch.where(total == 0, 1.0, total)
+    return -per_anchor.mean()
 
 
 def epsilon_supinfonce(
