@@ -156,7 +156,8 @@ def test_every_method_plugs_into_the_trainer(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["groupdro", "lff", "biasbal", "rubi", "learned-mixin",
-                                  "rebias"])
+                                  "rebias", "fairkl", "biascon", "bcbb", "lnl", "sd", "jtt",
+                                  "softcon"])
 def test_quick_sweep_files_search_within_the_search_space(name):
     """A sweep file may narrow a method's range (after a first sweep), never leave it."""
     path = SWEEPS / f"{name.replace('-', '_')}_biased_mnist_quick.yaml"
@@ -165,6 +166,9 @@ def test_quick_sweep_files_search_within_the_search_space(name):
     assert sweep["parameters"]["method"] == {"value": name}
     for option, spec in method_class(name).search_space.items():
         swept = sweep["parameters"][option]
+        if "values" in spec:
+            assert set(swept["values"]) <= set(spec["values"]), option
+            continue
         assert swept["distribution"] == spec["distribution"], option
         assert spec["min"] <= swept["min"] < swept["max"] <= spec["max"], option
 
