@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from endebias.methods import Method, register_method
 from endebias.methods.biasbal import adjust_logits, log_bias_prior
 from endebias.methods.contrastive_losses import bias_contrastive
-from endebias.methods.fairkl import forward_reading_features
-from endebias.methods.features import resolve_layer
+from endebias.methods.features import forward_reading_features, resolve_layer
 from endebias.methods.options import check_nonnegative, check_positive
 
 

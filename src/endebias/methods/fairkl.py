@@ -20,33 +20,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from endebias.hooks import find_layer
 from endebias.methods import Method, register_method
 from endebias.methods.contrastive_losses import epsilon_supinfonce, fairkl
-from endebias.methods.features import resolve_layer
+from endebias.methods.features import forward_reading_features, resolve_layer
 from endebias.methods.options import check_nonnegative, check_positive
-
-
-def forward_reading_features(
-    model: nn.Module, layer: str, inputs: Tensor, *, detach_classifier: bool
-) -> tuple[Tensor, Tensor]:
-    """The logits and the flattened, L2-normalised, float32 output of ``layer``. With
-    ``detach_classifier`` the layers after ``layer`` see it detached, so a loss on the
-    logits trains only them."""
-    captured: list[Tensor] = []
-
-    def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> Tensor | None:
-        captured.append(output)
-        return output.detach() if detach_classifier else None
-
-    _, module = find_layer(model, layer)
-    handle = module.register_forward_hook(hook)
-    try:
-        logits = model(inputs)
-    finally:
-        handle.remove()
-    features = captured[-1].float().flatten(1)
-    return logits, nn.functional.normalize(features, dim=1)
 
 
 @register_method("fairkl")

@@ -1,5 +1,5 @@
-"""What methods with extra heads need from the wrapped model: the layer they read and the
-width of its output.
+"""What methods with extra heads or feature losses need from the wrapped model: the layer
+they read, the width of its output, and one forward pass that returns both.
 
 Every built-in model declares ``feature_layer`` (the normalised pooled features) and
 classifies them with a linear layer ``fc``; a method's heads (DI's per-bias classifiers,
@@ -8,7 +8,9 @@ LNL's bias predictor) read the same features, so their input width is ``fc.in_fe
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
+
+from endebias.hooks import find_layer
 
 
 def resolve_layer(model: nn.Module, layer: str | None, method: str) -> str:
@@ -28,3 +30,25 @@ def feature_size(model: nn.Module, method: str) -> int:
             "(all built-in models have one)"
         )
     return classifier.in_features
+
+
+def forward_reading_features(
+    model: nn.Module, layer: str, inputs: Tensor, *, detach_classifier: bool
+) -> tuple[Tensor, Tensor]:
+    """The logits and the flattened, L2-normalised, float32 output of ``layer``. With
+    ``detach_classifier`` the layers after ``layer`` see it detached, so a loss on the
+    logits trains only them."""
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> Tensor | None:
+        captured.append(output)
+        return output.detach() if detach_classifier else None
+
+    _, module = find_layer(model, layer)
+    handle = module.register_forward_hook(hook)
+    try:
+        logits = model(inputs)
+    finally:
+        handle.remove()
+    features = captured[-1].float().flatten(1)
+    return logits, nn.functional.normalize(features, dim=1)

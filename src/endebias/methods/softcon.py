@@ -27,8 +27,7 @@ from torch import Tensor, nn
 from endebias.hooks import capture_features
 from endebias.methods import FirstStage, Method, StageResult, register_method
 from endebias.methods.contrastive_losses import soft_bias_contrastive
-from endebias.methods.fairkl import forward_reading_features
-from endebias.methods.features import resolve_layer
+from endebias.methods.features import forward_reading_features, resolve_layer
 from endebias.methods.options import check_nonnegative, check_positive
 
 
