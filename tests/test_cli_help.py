@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from endebias.cli import help_text
+from endebias.cli.demo import DEMO_BUDGET
 from endebias.cli.main import build_parser, main
 from endebias.data import dataset_names
 from endebias.methods import method_names
@@ -66,7 +67,9 @@ def test_every_demo_option_is_described_with_its_default(capsys) -> None:
     text = _help(capsys, "demo")
     assert "(default: 0.997)" in text and "(default: 42)" in text
     assert "(default: demo-output)" in text
-    assert f"(default: the quick preset's, {PRESETS['quick']['epochs']})" in text
+    assert f"(default: {DEMO_BUDGET['epochs']}; with --full the quick preset's, " \
+        f"{PRESETS['quick']['epochs']})" in text
+    assert "--full" in text
 
 
 def test_building_the_parser_imports_no_torch() -> None:

@@ -231,6 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         rho=args.rho,
         seed=args.seed,
+        full=args.full,
         epochs=args.epochs,
         train_subset=args.train_subset,
         eval_subset=args.eval_subset,
