@@ -40,7 +40,9 @@ PAPER_NAMES = {"vanilla": "Vanilla", "learned-mixin": "LearnedMixin", "rubi": "R
 # Debiasing methods that train without bias labels (Method.uses_bias_labels is False,
 # vanilla aside; report cannot import torch to ask: tests/test_comparison.py checks this set
 # against the registry).
-WITHOUT_BIAS_LABELS = {"gce", "learned-mixin", "lff", "rebias", "rubi", "sd"}
+WITHOUT_BIAS_LABELS = {
+    "gce", "jtt", "learned-mixin", "lff", "rebias", "rubi", "sd", "softcon",
+}
 # The paper's numbers are for this benchmark only.
 PAPER_DATASET = "biased-mnist"
 # Config entries that tell the rows apart (the method, its options, the vanilla variant)
