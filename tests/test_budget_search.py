@@ -220,8 +220,10 @@ def test_search_records_each_cell_and_skips_finished_ones(tmp_path):
 
 @pytest.mark.slow
 def test_killed_search_continues_with_the_same_command(tmp_path):
-    candidates_file(tmp_path, epochs=3)
-    process = search(tmp_path, "--methods", "vanilla", "--agents", "1")
+    # Cells long enough, and checks frequent enough, that the kill lands in the second
+    # cell even on a fast idle machine.
+    candidates_file(tmp_path, epochs=20)
+    process = search(tmp_path, "--methods", "vanilla", "--agents", "1", "--poll", "0.1")
     deadline = time.time() + 300
     while not budget_rule.read_rows(tmp_path / "search.csv"):  # the first cell is done
         assert process.poll() is None and time.time() < deadline

@@ -119,7 +119,9 @@ def test_a_browser_shows_every_table_and_image_without_errors(sweep, capsys, kin
     if kind == "sweep":
         assert page.tables[0]["header"][:3] == ["valid_acc", "biased_test_acc",
                                                 "unbiased_test_acc"]
-        assert "SUMMARY FOR tiny" in page.text
+        # The summary block is shown, in % as the trials table (not results' plain header).
+        assert "Summary: top 3 complete trials by valid accuracy" in page.text
+        assert "Top 3 complete runs by valid accuracy (mean ± population std, %)" in page.text
     shot = Image.open(io.BytesIO(page.screenshot))
     assert shot.format == "PNG" and shot.width == 1280 and shot.height > 1000
 
