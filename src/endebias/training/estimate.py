@@ -69,37 +69,34 @@ def measure(stepper: Stepper, shared: Shared, config: TrainConfig, *,
     module, device, fast = _module(stepper), shared.device, shared.fast
     train, benchmark = shared.benchmark.train, shared.benchmark
     state = copy.deepcopy(module.state_dict())
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
     indices = torch.arange(min(config.batch_size, len(train)), device=train.targets.device)
     inputs = fast.inputs(benchmark.prepare(train.inputs[indices]))
     targets, biases = train.targets[indices], train.biases[indices]
-    try:
-        stepper.train()
-        for step in range(1 + timed_batches):
-            if step == 1:
-                _sync(device)
-                started = time.perf_counter()
-            with fast.autocast(device):
-                losses, _, _ = stepper.step(inputs, targets, biases, indices)
-            losses.sum().backward()
-            module.zero_grad(set_to_none=True)
-        _sync(device)
-        per_batch = (time.perf_counter() - started) / timed_batches
-        split = next(iter(shared.evaluations.values()))
-        chunk = fast.inputs(benchmark.prepare(split.inputs[:config.eval_batch_size]))
-        stepper.eval()
-        with torch.no_grad(), fast.autocast(device):
-            started = time.perf_counter()
-            stepper.logits(chunk)
+    # fork_rng puts the random generators (CPU and every GPU) back as they were.
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        try:
+            stepper.train()
+            for step in range(1 + timed_batches):
+                if step == 1:
+                    _sync(device)
+                    started = time.perf_counter()
+                with fast.autocast(device):
+                    losses, _, _ = stepper.step(inputs, targets, biases, indices)
+                losses.sum().backward()
+                module.zero_grad(set_to_none=True)
             _sync(device)
-        per_image = (time.perf_counter() - started) / max(len(chunk), 1)
-    finally:
-        module.zero_grad(set_to_none=True)
-        module.load_state_dict(state)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+            per_batch = (time.perf_counter() - started) / timed_batches
+            split = next(iter(shared.evaluations.values()))
+            chunk = fast.inputs(benchmark.prepare(split.inputs[:config.eval_batch_size]))
+            stepper.eval()
+            with torch.no_grad(), fast.autocast(device):
+                started = time.perf_counter()
+                stepper.logits(chunk)
+                _sync(device)
+            per_image = (time.perf_counter() - started) / max(len(chunk), 1)
+        finally:
+            module.zero_grad(set_to_none=True)
+            module.load_state_dict(state)
     return RunEstimate(
         seconds_per_batch=per_batch,
         seconds_per_eval_image=per_image,

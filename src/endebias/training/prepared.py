@@ -84,22 +84,17 @@ def check_training_step(method: Method, benchmark: Benchmark, config: TrainConfi
     starts (a layer name the model lacks, an option that overflows in the loss) fails
     here, before the run folder holds a record."""
     count = min(len(benchmark.train), 4)
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     trial = copy.deepcopy(method).train()
     try:
-        loss, _, parts = trial.training_step(
-            benchmark.prepare(benchmark.train.inputs[:count]), benchmark.train.targets[:count],
-            benchmark.train.biases[:count],
-            torch.arange(count, device=benchmark.train.targets.device))
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            loss, _, parts = trial.training_step(
+                benchmark.prepare(benchmark.train.inputs[:count]),
+                benchmark.train.targets[:count], benchmark.train.biases[:count],
+                torch.arange(count, device=benchmark.train.targets.device))
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"method {config.method!r} cannot train model {config.model!r}: "
                          f"{reason}") from None
-    finally:
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
     terms = {"loss": loss, **parts}
     bad = {name: float(value.detach().float().sum()) for name, value in terms.items()
            if not bool(torch.isfinite(value.detach()).all())}
