@@ -18,6 +18,19 @@ TINY = ["--dataset", "synthetic", "--dataset-option", "train_size=128",
         "--dataset-option", "eval_size=64", "--batch-size", "32", "--no-progress"]
 
 
+class Stop(Exception):
+    """Raised by an ``on_epoch`` callback to stop a run as a kill would, after an epoch."""
+
+
+def stop_after(last: int):
+    """An ``on_epoch`` callback that stops the run once epoch ``last`` is on record."""
+    def on_epoch(epoch, record):
+        if epoch == last:
+            raise Stop
+
+    return on_epoch
+
+
 def train_args(out: Path, *extra: str, epochs: int = 2) -> list[str]:
     return ["train", *TINY, "--epochs", str(epochs), "--out", str(out), *extra]
 

@@ -17,6 +17,7 @@ from endebias.training.checkpoint import load_checkpoint, save_checkpoint
 from endebias.training.config import make_config
 from endebias.training.fit import fit, load_benchmark
 from endebias.training.optimizers import check_groups
+from run_faults_helpers import Stop, stop_after
 
 HEAD_LR = 1e-2
 
@@ -162,15 +163,6 @@ def lff(**overrides):
     return tiny("lff", epochs=4, lr_step=2, method_options={}, **overrides)
 
 
-class Stop(Exception):
-    pass
-
-
-def stop_after_two(epoch, record):
-    if epoch == 2:
-        raise Stop
-
-
 def test_lff_twin_has_its_own_optimizer_and_changes_no_number(tmp_path, monkeypatch):
     fit(lff(), tmp_path / "groups", progress=False)
     state = load_checkpoint(tmp_path / "groups")
@@ -204,7 +196,7 @@ def as_one_optimizer(state: dict) -> dict:
 def test_a_one_optimizer_checkpoint_resumes_into_groups_exactly(tmp_path):
     fit(lff(), tmp_path / "whole", progress=False)
     with pytest.raises(Stop):
-        fit(lff(), tmp_path / "old", progress=False, on_epoch=stop_after_two)
+        fit(lff(), tmp_path / "old", progress=False, on_epoch=stop_after(2))
     run = tmp_path / "old"
     old = as_one_optimizer(load_checkpoint(run))
     save_checkpoint(run / records.CHECKPOINT, old)

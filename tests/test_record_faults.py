@@ -22,16 +22,14 @@ from endebias.training import records
 from endebias.training.config import make_config
 from endebias.training.fit import fit
 from run_faults_helpers import (
+    Stop,
     epochs_on_record,
     one_error_line,
     run_cli,
+    stop_after,
     train_args,
     without_timings,
 )
-
-
-class Stop(Exception):
-    pass
 
 
 def _runs(folder: Path, count: int) -> list[Path]:
@@ -130,12 +128,8 @@ def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(tmp_path):
                          batch_size=32, seed=11, dataset_options={"train_size": 128})
     fit(config, tmp_path / "whole", progress=False)
 
-    def stop_after_two(epoch, record):
-        if epoch == 2:
-            raise Stop
-
     with pytest.raises(Stop):
-        fit(config, tmp_path / "resumed", progress=False, on_epoch=stop_after_two)
+        fit(config, tmp_path / "resumed", progress=False, on_epoch=stop_after(2))
     # Draw from the global generator in between, as other code in the process may.
     import torch
 

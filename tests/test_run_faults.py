@@ -24,11 +24,13 @@ from endebias.training.config import make_config
 from endebias.training.fit import fit
 from endebias.training.run_lock import RunLock, RunLockLostError
 from run_faults_helpers import (
+    Stop,
     epochs_on_record,
     hold_lock,
     one_error_line,
     run_cli,
     small_tmpfs,
+    stop_after,
     stray_temp_files,
     train_args,
     without_timings,
@@ -41,18 +43,6 @@ def tiny_config(**overrides):
                    batch_size=32, seed=5)
     options.update(overrides)
     return make_config("quick", **options)
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(last: int):
-    def on_epoch(epoch, record):
-        if epoch == last:
-            raise Stop
-
-    return on_epoch
 
 
 @pytest.mark.slow

@@ -12,28 +12,18 @@ from endebias.cli.main import build_parser, config_from_args
 from endebias.training import records
 from endebias.training.fit import RunAlreadyExistsError, fit
 from run_faults_helpers import (
+    Stop,
     epochs_on_record,
     hold_lock,
     one_error_line,
     run_cli,
+    stop_after,
     train_args,
     without_timings,
 )
 
 RECORDS = (records.CONFIG, records.METRICS, records.BEST, records.CHECKPOINT,
            records.PREVIOUS_CHECKPOINT, records.DONE)
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(last: int):
-    def on_epoch(epoch, record):
-        if epoch == last:
-            raise Stop
-
-    return on_epoch
 
 
 def config_of(args: list[str]):

@@ -16,6 +16,7 @@ from endebias.training.config import TrainConfig, make_config
 from endebias.training.fit import fit, load_benchmark, planned_stages
 from endebias.training.prepared import build_run_method
 from endebias.training.validation import check_config
+from run_faults_helpers import Stop
 
 
 class UpweightErrors(Method):
@@ -57,10 +58,6 @@ def config(**options):
 
 def untimed(history):
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in history]
-
-
-class Stop(Exception):
-    pass
 
 
 def test_the_first_stage_trains_in_its_folder_and_hands_its_errors_on(tmp_path):
