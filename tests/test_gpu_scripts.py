@@ -14,9 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_gpu_fidelity_flow_on_cpu(tmp_path):
-    results = tmp_path / "results"
+def run_on_cpu(script: str, results: Path) -> Path:
+    """Run ``benchmarks/SCRIPT`` on CPU with a tiny synthetic budget; its results folder."""
     env = {
         **os.environ,
         "DEVICE": "cpu",
@@ -28,9 +27,15 @@ def test_gpu_fidelity_flow_on_cpu(tmp_path):
         "TRAIN_ARGS": "--epochs 1 --model-option channels=[4,8]",
         "OMP_NUM_THREADS": "1",
     }
-    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_fidelity.sh")], env=env,
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / script)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    return results
+
+
+@pytest.mark.slow
+def test_gpu_fidelity_flow_on_cpu(tmp_path):
+    results = run_on_cpu("gpu_fidelity.sh", tmp_path / "results")
     report = (results / "gpu_fidelity.txt").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
     assert [row.split(" | ")[0] for row in rows[1:]] == [
@@ -49,21 +54,7 @@ def test_gpu_fidelity_flow_on_cpu(tmp_path):
 def test_gpu_table1_flow_on_cpu(tmp_path):
     """Every trained Table 1 row runs, the table lists them beside the published numbers,
     and the records are packed (tiny synthetic budget; the GPU run itself is pending)."""
-    results = tmp_path / "results"
-    env = {
-        **os.environ,
-        "DEVICE": "cpu",
-        "BUDGET": "240",
-        "PY": sys.executable,
-        "RESULTS": str(results),
-        "DATASET_ARGS": "--dataset synthetic --dataset-option train_size=128 "
-        "--dataset-option eval_size=64",
-        "TRAIN_ARGS": "--epochs 1 --model-option channels=[4,8]",
-        "OMP_NUM_THREADS": "1",
-    }
-    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_table1.sh")], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    results = run_on_cpu("gpu_table1.sh", tmp_path / "results")
     report = (results / "gpu_table1.txt").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
     names = ["vanilla", "learned-mixin", "rubi", "rebias", "end"]
