@@ -115,6 +115,26 @@ def option_hints(builder: Callable[..., Any], *, skip: Sequence[str] = ()) -> di
     }
 
 
+def builder_defaults(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword options ``builder`` takes that have a default, name -> default."""
+    return {p.name: p.default for p in inspect.signature(builder).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+def without_defaults(options: Mapping[str, Any], defaults: Mapping[str, Any], *,
+                     keep: Sequence[str] = ()) -> dict[str, Any]:
+    """``options`` less those spelled at their default (``keep``: names always kept), so a
+    config says what a run trains, not how it was typed: ``rho=0.997`` where 0.997 is the
+    default names the same run as no ``rho``. True and 1 are told apart."""
+    def is_default(key: str, value: Any) -> bool:
+        if key in keep or key not in defaults:
+            return False
+        default = defaults[key]
+        return value == default and isinstance(value, bool) == isinstance(default, bool)
+
+    return {key: value for key, value in options.items() if not is_default(key, value)}
+
+
 def listing(hints: Mapping[str, Any]) -> str:
     return ", ".join(f"{name} ({describe(hint)})" for name, hint in hints.items()) or "none"
 

@@ -153,7 +153,6 @@ def config_from_args(args: argparse.Namespace):
     dataset_options = dict(args.dataset_option)
     if args.rho is not None:
         dataset_options["rho"] = args.rho
-    dataset_options = _without_defaults(args.dataset, dataset_options)
     method_options = dict(args.method_option)
     for name in ("alpha", "beta"):
         if getattr(args, name) is not None:
@@ -165,21 +164,6 @@ def config_from_args(args: argparse.Namespace):
     # The official code has one protocol, the paper's: its command (--local) means that.
     preset = args.preset or ("paper" if args.local else "quick")
     return make_config(preset, **overrides)
-
-
-def _without_defaults(dataset: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The dataset options that differ from the dataset's defaults: a run's config (and so
-    its default folder) is what it trains, not how it was spelled (``--rho 0.997`` is
-    Biased MNIST's default and names the same run as no ``--rho``)."""
-    import inspect
-
-    from endebias.data import dataset_builder
-
-    defaults = {name: parameter.default for name, parameter in
-                inspect.signature(dataset_builder(dataset)).parameters.items()}
-    return {key: value for key, value in options.items()
-            if key not in defaults or value != defaults[key]
-            or isinstance(value, bool) != isinstance(defaults[key], bool)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -199,6 +183,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # in the line fit prints once the run has started (a failed start leaves no folder).
     main = int(os.environ.get("RANK", "0")) == 0
     if main and (out / records.DONE).is_file():  # a rerun: fit returns the recorded result
+        from endebias.training.run import check_finished_data
+
+        check_finished_data(config, out, args.data_dir)  # ...if trained on this data
         print(f"run folder {out}: finished earlier (a new --out trains it again)")
     # Optional W&B / TensorBoard mirrors of the records (rank 0 only).
     mirror = train_mirror(args, config=config.to_dict(), run_dir=out) if main else None

@@ -18,6 +18,8 @@ ModelBuilder = Callable[..., nn.Module]
 _MODELS: Registry[ModelBuilder] = Registry("model")
 register_model = _MODELS.register
 model_names = _MODELS.names
+# The registered builder (its signature lists the model's options).
+model_builder = _MODELS.get
 
 
 def init_conv_and_norm(model: nn.Module) -> None:

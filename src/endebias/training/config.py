@@ -196,4 +196,30 @@ def make_config(preset: str | None = "paper", **overrides: Any) -> TrainConfig:
             else:
                 values[key] = value
     values["preset"] = preset
+    _drop_defaults(values, method_defaults=method_defaults,
+                   model_defaults=preset_values.get("model_options") or {})
     return TrainConfig.from_dict(values)
+
+
+def _drop_defaults(values: dict[str, Any], *, method_defaults: dict[str, Any],
+                   model_defaults: dict[str, Any]) -> None:
+    """Options spelled at their builder's default leave the config, so that the same
+    training has one config and one run folder however it was typed. A preset's own
+    defaults stay (they differ from the builder's, and config.json records them)."""
+    from endebias.data import dataset_builder, dataset_names
+    from endebias.methods import method_class, method_names
+    from endebias.models import model_builder, model_names
+    from endebias.option_types import builder_defaults, without_defaults
+
+    # Unknown names are left to check_config's one-line errors.
+    if values["dataset"] in dataset_names():
+        values["dataset_options"] = without_defaults(
+            values["dataset_options"], builder_defaults(dataset_builder(values["dataset"])))
+    if values["method"] in method_names():
+        values["method_options"] = without_defaults(
+            values["method_options"], method_class(values["method"]).defaults,
+            keep=list(method_defaults))
+    if values["model"] in model_names():
+        values["model_options"] = without_defaults(
+            values["model_options"], builder_defaults(model_builder(values["model"])),
+            keep=list(model_defaults))

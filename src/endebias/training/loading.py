@@ -3,6 +3,7 @@ moved to its device; and the device a config names."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -28,6 +29,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def data_checksum(benchmark: Benchmark) -> str:
+    """SHA-256 (first 16 hex digits) of what a run trains and is scored on: every split's
+    name, inputs, targets and bias labels, after the config's subsets. A run folder records
+    it, so another ``--data-dir`` (or files changed under the same one) never continues or
+    reuses a run trained on other data."""
+    digest = hashlib.sha256()
+    for name, split in [("train", benchmark.train), *benchmark.evaluations.items()]:
+        for part, tensor in (("inputs", split.inputs), ("targets", split.targets),
+                             ("biases", split.biases)):
+            array = tensor.detach().cpu().contiguous().numpy()
+            digest.update(f"{name}.{part}:{array.dtype}{array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
 def _split_sizes(benchmark: Benchmark) -> dict[str, int]:
     return {"train": len(benchmark.train), **{n: len(s) for n, s in benchmark.evaluations.items()}}
 
@@ -50,6 +66,7 @@ def load_benchmark(config: TrainConfig, *, data_dir: str | None, device: torch.d
         used = _split_sizes(benchmark)
         log.info("%s subsets: %s", config.dataset,
                  ", ".join(f"{name} {used[name]} of {full[name]}" for name in full))
+    benchmark.info["data_checksum"] = data_checksum(benchmark)
     benchmark.train = benchmark.train.to(device)
     benchmark.evaluations = {name: s.to(device) for name, s in benchmark.evaluations.items()}
     return benchmark

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import IO, Any
 
 CONFIG = "config.json"
+# The checksum of the data the run trains on (training.loading.data_checksum).
+DATA = "data.json"
 METRICS = "metrics.jsonl"
 BEST = "best.json"
 CHECKPOINT = "checkpoint.pt"

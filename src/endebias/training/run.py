@@ -135,10 +135,39 @@ def claim(config: TrainConfig, run_dir: Path, *, resume: bool,
         raise
 
 
-def _start(member: Member) -> None:
-    """The folder becomes this run: its config, and no error left from an earlier try."""
+class DataChangedError(RunAlreadyExistsError):
+    """The run folder's run was trained on other data than this call loads."""
+
+
+def check_same_data(run_dir: Path, checksum: str, data_dir: str | None = None) -> None:
+    """DataChangedError, one line, when ``run_dir`` records another data checksum than
+    ``checksum``: its epochs were trained on other images or labels."""
+    path = run_dir / records.DATA
+    if not path.exists():  # a new run, or one from before runs recorded their data
+        return
+    theirs = records.read_json_object(path).get("checksum")
+    if theirs != checksum:
+        where = f"--data-dir {data_dir}" if data_dir else "the data found now"
+        raise DataChangedError(
+            f"{run_dir} holds this run trained on other data (checksum {theirs}; {where} "
+            f"gives {checksum}): choose another --out folder, or point at the data it used")
+
+
+def check_finished_data(config: TrainConfig, run_dir: Path, data_dir: str | None) -> None:
+    """For a rerun of a finished run, whose result is shown without training: the data
+    loaded now must be the data it was trained on (DataChangedError otherwise). Loads the
+    data on the CPU, which a run that records no checksum does not need."""
+    if (run_dir / records.DATA).exists():
+        benchmark = load_benchmark(config, data_dir=data_dir, device=torch.device("cpu"))
+        check_same_data(run_dir, benchmark.info["data_checksum"], data_dir)
+
+
+def _start(member: Member, checksum: str) -> None:
+    """The folder becomes this run: its config and data checksum, and no error left from an
+    earlier try."""
     member.lock.check()
     records.atomic_write_json(member.run_dir / records.CONFIG, member.config.to_dict())
+    records.atomic_write_json(member.run_dir / records.DATA, {"checksum": checksum})
     (member.run_dir / records.ERROR).unlink(missing_ok=True)
 
 
@@ -191,8 +220,10 @@ def fit_run(
             if own_lock:
                 lock.abandon()  # a failed start leaves no run folder behind
             raise
+        checksum = shared.benchmark.info["data_checksum"]
+        check_same_data(run_dir, checksum, data_dir)
         if main:
-            _start(member)
+            _start(member, checksum)
         state = resume_state(run_dir, resume=resume, config=config)
         if state is not None:
             stepper.load([state])
@@ -272,20 +303,22 @@ def _train_packs(todo: list[Member], *, data_dir: str | None, resume: bool,
         raise
     shared.on_epoch, shared.echo = on_epoch, echo
     members, solos, states = [], {}, {}
+    checksum = shared.benchmark.info["data_checksum"]
     for member in todo:
         try:
+            check_same_data(member.run_dir, checksum, data_dir)
             solos[member.index] = build_run_method(member.config, shared.benchmark)
             states[member.index] = resume_state(member.run_dir, resume=resume,
                                                 config=member.config) or {
                 "method": solos[member.index].state_dict()}
-        except ValueError as error:  # its options, or a resume it refuses
+        except (ValueError, DataChangedError) as error:  # its options, a resume it refuses
             outcomes[member.index] = error
             member.lock.abandon()
             continue
         member.history = list(states[member.index].get("history", []))
         members.append(member)
     for member in members:
-        _start(member)
+        _start(member, checksum)
     benchmark = shared.benchmark
     for done in sorted({len(m.history) for m in members}):
         group = [m for m in members if len(m.history) == done]
