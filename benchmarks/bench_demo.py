@@ -2,7 +2,8 @@
 full quick preset (``endebias demo --full``), side by side in one run.
 
     python benchmarks/bench_demo.py --data-dir ../shared/data/mnist [--seeds 1 2 3]
-        [--full-seeds 1] [--skip-full] [--threads N] [--out runs/bench-demo]
+        [--full-seeds 1] [--skip-full] [--variants e4s3] [--threads N]
+        [--out runs/bench-demo]
 
 For each budget and seed it trains the demo's two runs (the same configs as
 ``endebias demo``, :func:`endebias.cli.demo.demo_config`) from scratch into
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -29,6 +31,15 @@ import torch
 from endebias.cli.demo import DEMO_BUDGET, demo_config, describe_budget
 from endebias.training.fit import fit
 
+# ``--variants e4s3``: the demo's budget with 4 epochs and the drop after epoch 3.
+VARIANT = re.compile(r"e(?P<epochs>[1-9][0-9]*)s(?P<lr_step>[1-9][0-9]*)")
+
+
+def variant_name(text: str) -> str:
+    if not VARIANT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not eEsS (e.g. e4s3)")
+    return text
+
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -37,7 +48,12 @@ def cpu_seconds() -> float:
 
 def train(budget: str, seed: int, method: str, *, out: Path, data_dir: str | None,
           rho: float) -> dict[str, float]:
-    config = demo_config(method, rho=rho, seed=seed, full=budget == "full")
+    variant = VARIANT.fullmatch(budget)
+    if variant:  # a candidate for the demo's budget: DEMO_BUDGET with its epochs and drop
+        config = demo_config(method, rho=rho, seed=seed, epochs=int(variant["epochs"]),
+                             lr_step=int(variant["lr_step"]))
+    else:
+        config = demo_config(method, rho=rho, seed=seed, full=budget == "full")
     run_dir = out / budget / f"seed{seed}" / method
     shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch, never resumed
     wall, cpu = time.perf_counter(), cpu_seconds()
@@ -74,6 +90,9 @@ def main() -> None:
                         help="seeds of the full quick preset (default: 1 2 3; twice the "
                              "training steps of the demo's budget per seed)")
     parser.add_argument("--skip-full", action="store_true", help="the demo's budget only")
+    parser.add_argument("--variants", nargs="+", default=[], type=variant_name,
+                        help="candidate demo budgets, each eEsS: the demo's budget with E "
+                             "epochs and the learning rate x0.1 after epoch S (same seeds)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -82,7 +101,8 @@ def main() -> None:
     print(f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start")
     print(f"demo budget: quick preset, {describe_budget(DEMO_BUDGET)}; full: the quick preset")
-    plan = [("demo", args.seeds)] + ([] if args.skip_full else [("full", args.full_seeds)])
+    plan = [("demo", args.seeds)] + [(variant, args.seeds) for variant in args.variants]
+    plan += [] if args.skip_full else [("full", args.full_seeds)]
     results: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
     print("\n| budget | seed | method | best epoch | biased | unbiased | wall s | CPU s |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
