@@ -220,8 +220,7 @@ def run_cells(sweep_id: str, *, args: argparse.Namespace, storage: str, cells: i
             record(agents)
             time.sleep(args.poll)
     except KeyboardInterrupt:
-        for process, _ in processes:
-            process.wait(timeout=120)
+        stop_agents([process for process, _ in processes])
         record(agents)
         raise SystemExit("stopped: finished cells are in the CSV; run the same command "
                          "again to continue") from None
@@ -231,6 +230,22 @@ def run_cells(sweep_id: str, *, args: argparse.Namespace, storage: str, cells: i
         index, code = failed[0]
         raise SystemExit(f"{sweep_id}: agent {index} exited {code}; see "
                          f"{logs / f'{sweep_id}-agent{index}.log'}")
+
+
+def stop_agents(processes: list[subprocess.Popen], grace: float = 120.0) -> None:
+    """After Ctrl-C (which the agents got too: each re-queues its trial and exits), wait up
+    to ``grace`` seconds in all; an agent still running then, or any left at a second
+    Ctrl-C, is killed. A killed agent's trial resumes from its last checkpoint when the
+    search runs again, so nothing finished is lost."""
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            print(f"agent {process.pid} did not stop; killed (its trial resumes next time)",
+                  flush=True)
+            process.kill()
+            process.wait()
 
 
 class Recorder:

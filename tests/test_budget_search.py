@@ -258,3 +258,15 @@ def test_open_sweep_reuses_a_killed_search_and_not_a_failed_one(tmp_path):
     study.tell(trial, state=budget_search.TrialState.FAIL)
     again = budget_search.open_sweep("budget-tiny-end", mapping, [0.99, 0.9], storage)
     assert again == f"{first}-2"
+
+
+def test_agents_that_ignore_ctrl_c_are_killed_after_the_grace_period():
+    # One agent that exits at once, one that ignores SIGINT and would run a minute.
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    stubborn = subprocess.Popen([sys.executable, "-c", (
+        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)")])
+    started = time.monotonic()
+    budget_search.stop_agents([quick, stubborn], grace=0.5)
+    assert time.monotonic() - started < 30
+    assert quick.returncode == 0
+    assert stubborn.returncode == -signal.SIGKILL
