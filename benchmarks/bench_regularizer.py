@@ -21,9 +21,7 @@ Labels follow Biased MNIST (docs/design.md section 3) at rho = 0.99: 10 targets,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ from torch import Tensor, nn
 
 from endebias import capture_features, end_loss
 from endebias.models.simple_conv import SimpleConvNet
+from machine_info import cpu_model
 
 NUM_CLASSES = 10
 
@@ -254,14 +253,6 @@ def versions_table(path: Path, sizes: list[int], widths: list[int], rounds: int)
                                        forward_backward(other_loss, inputs), rounds)
             print(f"| cpu | {batch} | {width} | {format_time(theirs)} | {format_time(ours)} | "
                   f"{ours / theirs:.2f} |", flush=True)
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ from endebias.training.epoch import train_epoch
 from endebias.training.fastpath import FastPath, cpu_bf16_native
 from endebias.training.fit import load_benchmark
 from endebias.training.steppers import SoloStepper
+from machine_info import cpu_model
 
 BATCH = 256
 
@@ -225,16 +225,6 @@ def matmul_peak(device: torch.device) -> tuple[float, str]:
         best = min(best, time.perf_counter() - start)
     name = str(dtype).removeprefix("torch.")
     return 2 * size**3 / best, f"{size}x{size} {name} matmul, best of runs"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

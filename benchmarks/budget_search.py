@@ -39,6 +39,7 @@ from budget_rule import KEY_COLUMNS, plot, read_rows, row_key, select_budget, ta
 from endebias.sweeps import storage as sweep_storage
 from endebias.sweeps.sweep_file import parse_sweep
 from endebias.training import records
+from machine_info import cpu_model
 
 HERE = Path(__file__).resolve().parent
 MODEL_KEYS = ("kernel_size", "pool_after", "channels")
@@ -145,16 +146,6 @@ def open_sweep(prefix: str, mapping: dict[str, Any], pending: list[float], stora
     return sweep_storage.create_sweep(spec, storage=storage, sweep_id=sweep_id)
 
 
-def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def cell_row(trial: Any, budget: dict[str, Any], *, method: str, seed: int, agents: int,
              threads: int, loads: list[tuple[float, float]]) -> dict[str, Any]:
     """One finished trial as a CSV row: its best epoch by valid accuracy, its own minutes
@@ -172,7 +163,7 @@ def cell_row(trial: Any, budget: dict[str, Any], *, method: str, seed: int, agen
             "minutes": round(sum(r["seconds"] for r in history) / 60, 3),
             "fast_path": history[-1].get("fast_path", ""),
             "agents": agents, "threads": threads, "load_avg": round(load, 1),
-            "cores": os.cpu_count(), "machine": machine(),
+            "cores": os.cpu_count(), "machine": cpu_model(),
             "torch": importlib.metadata.version("torch"),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
