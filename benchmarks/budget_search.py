@@ -6,7 +6,7 @@ best epoch recorded as one row of a committed CSV as soon as it finishes.
         [--budgets quick6 e12 ...] [--rhos 0.997 0.995 0.990] [--methods vanilla end]
         [--seed 42] [--agents 2] [--threads 1] [--runs runs/budget-search]
         [--csv benchmarks/budget_search.csv] [--plot docs/figures/budget_search.png]
-        [--report-only]
+        [--screen] [--report-only]
 
 Budgets come from benchmarks/budget_candidates.yaml (``--candidates``). Each budget and
 method is a grid sweep over the rhos not yet in the CSV (``endebias sweep create``), run by
@@ -15,6 +15,8 @@ threads each). Cells already in the CSV are skipped, so the same command continu
 search, here or on another machine; on the same machine a killed agent's half-trained
 trial is resumed from its run folder. At the end: the table, the rule's choice
 (budget_rule.py) and, with ``--plot``, the picture. ``--report-only`` trains nothing.
+``--screen`` trains each budget's vanilla at rho 0.990 first and leaves the budget's other
+cells unmeasured when that cell alone already fails the rule.
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from budget_rule import KEY_COLUMNS, plot, read_rows, row_key, select_budget, table, upsert
+from budget_rule import (
+    KEY_COLUMNS,
+    PAPER_VANILLA,
+    Rule,
+    plot,
+    read_rows,
+    row_key,
+    select_budget,
+    table,
+    upsert,
+)
 from endebias.sweeps import storage as sweep_storage
 from endebias.sweeps.sweep_file import parse_sweep
 from endebias.training import records
@@ -253,6 +265,52 @@ class Recorder:
                 loads=self.loads)
 
 
+# --screen: vanilla at the lowest rho the rule checks first. Vanilla learns the digit most
+# easily there, so a budget whose vanilla misses the paper's by more than the rule's margin
+# at 0.990 fails the rule whatever its other cells give.
+RULE = Rule()
+SCREEN_RHO = min(RULE.near_rhos)
+
+
+def screened_out(name: str, rows: list[dict[str, Any]], rule: Rule = RULE) -> str | None:
+    """Why budget ``name`` fails the rule on its screening cell alone, or None (it may
+    still meet it, or the cell is not measured)."""
+    found = [r["unbiased_acc"] for r in rows if r["budget"] == name
+             and r["method"] == "vanilla" and abs(r["rho"] - SCREEN_RHO) < 1e-9]
+    if not found:
+        return None
+    vanilla = sum(found) / len(found)
+    paper = PAPER_VANILLA[SCREEN_RHO]
+    if abs(vanilla - paper) <= rule.within:
+        return None
+    return (f"vanilla at {SCREEN_RHO} is {vanilla:.2f}, more than {rule.within:g} points "
+            f"from the paper's {paper}")
+
+
+def search_cells(name: str, methods: list[str], rhos: list[float], *,
+                 args: argparse.Namespace, candidates: dict[str, Any], storage: str) -> None:
+    """Train budget ``name``'s cells (methods x rhos) that the CSV lacks."""
+    budget = budget_columns(name, candidates)
+    for method in methods:
+        done = {row_key(r) for r in read_rows(args.csv)}
+        pending = [rho for rho in rhos
+                   if (name, method, round(rho, 6), args.seed) not in done]
+        if not pending:
+            print(f"{name} {method}: every cell is in {args.csv}", flush=True)
+            continue
+        mapping = sweep_mapping(name, method, pending, args.seed, candidates)
+        sweep_id = open_sweep(f"budget-{name}-{method}", mapping, pending, storage)
+        recorder = Recorder(sweep_id, storage, args.csv, budget, method=method, args=args)
+        run_cells(sweep_id, args=args, storage=storage, cells=len(pending), record=recorder)
+        done = {row_key(r) for r in read_rows(args.csv)}
+        left = [rho for rho in pending if (name, method, round(rho, 6), args.seed)
+                not in done]
+        if left:
+            print(f"{name} {method}: rho {', '.join(map(str, left))} not finished (a "
+                  f"failed trial: see {Path(args.runs) / 'logs'}); the next run of this "
+                  "command tries again in a new sweep", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
@@ -270,9 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, help="draw the picture into this file")
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between checks")
     parser.add_argument("--report-only", action="store_true", help="train nothing")
+    parser.add_argument("--screen", action="store_true",
+                        help=f"train each budget's vanilla at rho {SCREEN_RHO} first, and skip "
+                             "its other cells when that one already fails the rule")
     args = parser.parse_args(argv)
     if args.agents < 1 or args.threads < 1:
         parser.error("--agents and --threads must be at least 1")
+    if args.screen and not any(abs(rho - SCREEN_RHO) < 1e-9 for rho in args.rhos):
+        parser.error(f"--screen trains rho {SCREEN_RHO} first: it must be among --rhos")
     candidates = load_candidates(args.candidates)
     unknown = sorted(set(args.budgets or []) - set(candidates["budgets"]))
     if unknown:
@@ -281,26 +344,16 @@ def main(argv: list[str] | None = None) -> None:
     check_consistent(read_rows(args.csv), candidates)
     storage = sweep_storage.default_storage(args.runs)
     for name in [] if args.report_only else (args.budgets or list(candidates["budgets"])):
-        budget = budget_columns(name, candidates)
-        for method in args.methods:
-            done = {row_key(r) for r in read_rows(args.csv)}
-            pending = [rho for rho in args.rhos
-                       if (name, method, round(rho, 6), args.seed) not in done]
-            if not pending:
-                print(f"{name} {method}: every cell is in {args.csv}", flush=True)
+        if args.screen:
+            search_cells(name, ["vanilla"], [SCREEN_RHO], args=args, candidates=candidates,
+                         storage=storage)
+            why = screened_out(name, read_rows(args.csv))
+            if why:
+                print(f"{name}: {why}; its other cells are not measured (the rule cannot "
+                      "choose it as meeting; without --screen they are)", flush=True)
                 continue
-            mapping = sweep_mapping(name, method, pending, args.seed, candidates)
-            sweep_id = open_sweep(f"budget-{name}-{method}", mapping, pending, storage)
-            recorder = Recorder(sweep_id, storage, args.csv, budget, method=method, args=args)
-            run_cells(sweep_id, args=args, storage=storage, cells=len(pending),
-                      record=recorder)
-            done = {row_key(r) for r in read_rows(args.csv)}
-            left = [rho for rho in pending if (name, method, round(rho, 6), args.seed)
-                    not in done]
-            if left:
-                print(f"{name} {method}: rho {', '.join(map(str, left))} not finished (a "
-                      f"failed trial: see {Path(args.runs) / 'logs'}); the next run of this "
-                      "command tries again in a new sweep", flush=True)
+        search_cells(name, args.methods, args.rhos, args=args, candidates=candidates,
+                     storage=storage)
     rows = read_rows(args.csv)
     print(f"\n{len(rows)} cell(s) in {args.csv} (key: {', '.join(KEY_COLUMNS)})\n")
     print(table(rows))
