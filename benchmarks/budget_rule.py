@@ -186,6 +186,24 @@ def select_budget(rows: list[dict[str, Any]], rule: Rule = Rule()
 # --- the table and the picture ---------------------------------------------------------
 
 
+# The screen (budget_search --screen): vanilla at the lowest rho the rule checks. Vanilla
+# learns the digit most easily there, so a budget whose vanilla misses the paper's by more
+# than the rule's margin at 0.990 fails the rule whatever its other cells give.
+SCREEN_RHO = min(Rule().near_rhos)
+
+
+def screened_out(budget: str, rows: list[dict[str, Any]], rule: Rule = Rule()) -> str | None:
+    """Why ``budget`` fails the rule on its screening cell alone, or None (it may still
+    meet it, or the cell is not measured)."""
+    mine = [r for r in rows if r["budget"] == budget]
+    vanilla = _accuracy(mine, "vanilla", SCREEN_RHO)
+    paper = PAPER_VANILLA[SCREEN_RHO]
+    if vanilla is None or abs(vanilla - paper) <= rule.within:
+        return None
+    return (f"vanilla at {SCREEN_RHO} is {vanilla:.2f}, more than {rule.within:g} points "
+            f"from the paper's {paper}")
+
+
 def table(rows: list[dict[str, Any]], rule: Rule = Rule()) -> str:
     """One line per budget and method: options, minutes per run, unbiased accuracy per rho
     (mean over seeds), the highest load average seen, and the rule's verdict."""
@@ -201,8 +219,10 @@ def table(rows: list[dict[str, Any]], rule: Rule = Rule()) -> str:
                    f"pool {first['pool_after']}, ch {first['channels']}, "
                    f"train {first['train_subset'] or 'all'}")
         verdict = verdicts.get(budget)
-        said = ("incomplete" if verdict is None else "meets" if verdict.meets
-                else f"short {verdict.shortfall:g}")
+        said = ("meets" if verdict is not None and verdict.meets
+                else f"short {verdict.shortfall:g}" if verdict is not None
+                else f"fails at {SCREEN_RHO:g} (screen)" if screened_out(budget, mine, rule)
+                else "incomplete")
         for method in ("vanilla", "end"):
             cells = [r for r in mine if r["method"] == method]
             if not cells:

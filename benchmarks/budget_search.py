@@ -39,11 +39,11 @@ from optuna.trial import TrialState
 
 from budget_rule import (
     KEY_COLUMNS,
-    PAPER_VANILLA,
-    Rule,
+    SCREEN_RHO,
     plot,
     read_rows,
     row_key,
+    screened_out,
     select_budget,
     table,
     upsert,
@@ -263,28 +263,6 @@ class Recorder:
         harvest(self.sweep_id, self.storage, self.csv_path, self.budget, method=self.method,
                 seed=self.args.seed, agents=agents, threads=self.args.threads,
                 loads=self.loads)
-
-
-# --screen: vanilla at the lowest rho the rule checks first. Vanilla learns the digit most
-# easily there, so a budget whose vanilla misses the paper's by more than the rule's margin
-# at 0.990 fails the rule whatever its other cells give.
-RULE = Rule()
-SCREEN_RHO = min(RULE.near_rhos)
-
-
-def screened_out(name: str, rows: list[dict[str, Any]], rule: Rule = RULE) -> str | None:
-    """Why budget ``name`` fails the rule on its screening cell alone, or None (it may
-    still meet it, or the cell is not measured)."""
-    found = [r["unbiased_acc"] for r in rows if r["budget"] == name
-             and r["method"] == "vanilla" and abs(r["rho"] - SCREEN_RHO) < 1e-9]
-    if not found:
-        return None
-    vanilla = sum(found) / len(found)
-    paper = PAPER_VANILLA[SCREEN_RHO]
-    if abs(vanilla - paper) <= rule.within:
-        return None
-    return (f"vanilla at {SCREEN_RHO} is {vanilla:.2f}, more than {rule.within:g} points "
-            f"from the paper's {paper}")
 
 
 def search_cells(name: str, methods: list[str], rhos: list[float], *,

@@ -273,19 +273,26 @@ def test_agents_that_ignore_ctrl_c_are_killed_after_the_grace_period():
 
 
 def test_screen_fails_a_budget_on_its_vanilla_at_0990_alone():
-    assert budget_search.SCREEN_RHO == 0.99
+    assert budget_rule.SCREEN_RHO == 0.99
     # 10 points under the paper's 89.1 (or over it) is within the rule; 10.5 is not.
-    assert budget_search.screened_out("b", [cell("b", "vanilla", 0.99, 79.1)]) is None
-    assert budget_search.screened_out("b", [cell("b", "vanilla", 0.99, 99.1)]) is None
-    why = budget_search.screened_out("b", [cell("b", "vanilla", 0.99, 78.6)])
+    assert budget_rule.screened_out("b", [cell("b", "vanilla", 0.99, 79.1)]) is None
+    assert budget_rule.screened_out("b", [cell("b", "vanilla", 0.99, 99.1)]) is None
+    why = budget_rule.screened_out("b", [cell("b", "vanilla", 0.99, 78.6)])
     assert why == "vanilla at 0.99 is 78.60, more than 10 points from the paper's 89.1"
     # Another budget's cell, another rho, EnD, or no cell yet: nothing to judge.
     for rows in ([cell("other", "vanilla", 0.99, 11.0)], [cell("b", "vanilla", 0.995, 11.0)],
                  [cell("b", "end", 0.99, 11.0)], []):
-        assert budget_search.screened_out("b", rows) is None
+        assert budget_rule.screened_out("b", rows) is None
     # Seeds are averaged, as the rule does.
-    assert budget_search.screened_out("b", [cell("b", "vanilla", 0.99, 70.0, seed=1),
-                                            cell("b", "vanilla", 0.99, 90.0, seed=2)]) is None
+    assert budget_rule.screened_out("b", [cell("b", "vanilla", 0.99, 70.0, seed=1),
+                                          cell("b", "vanilla", 0.99, 90.0, seed=2)]) is None
+    # The table names a screened-out budget so, and an unscreened incomplete one as such.
+    options = {"epochs": 6, "lr_step": 4, "kernel_size": 3, "pool_after": "[0]",
+               "channels": "[8]", "train_subset": None}
+    lines = budget_rule.table([{**cell("out", "vanilla", 0.99, 11.0), **options},
+                               {**cell("open", "vanilla", 0.99, 85.0), **options}]).splitlines()
+    assert lines[2].startswith("| open |") and lines[2].endswith("| incomplete |")
+    assert lines[3].startswith("| out |") and lines[3].endswith("| fails at 0.99 (screen) |")
 
 
 @pytest.mark.slow
@@ -294,7 +301,7 @@ def test_screened_search_trains_vanilla_at_0990_first_and_stops_a_failed_budget(
     out = finished(search(tmp_path, "--screen", "--agents", "1"))
     rows = budget_rule.read_rows(tmp_path / "search.csv")
     assert (rows[0]["method"], rows[0]["rho"]) == ("vanilla", 0.99)  # trained first
-    why = budget_search.screened_out("tiny", rows[:1])
+    why = budget_rule.screened_out("tiny", rows[:1])
     if why:  # the whole budget fails on this cell: nothing else trained, and said so
         assert len(rows) == 1 and f"tiny: {why}; its other cells are not measured" in out
     else:
