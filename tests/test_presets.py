@@ -3,6 +3,8 @@ method follows from its options when none is named (the official code's commands
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from endebias.cli.main import build_parser, config_from_args, main
@@ -93,8 +95,8 @@ def test_help_names_each_presets_end_weights(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "EnD disentangling weight (default: paper 0.1, quick 1)" in text
-    assert "(default: paper 80, quick 6)" in text
+    assert "EnD disentangling weight (default: paper 0.1, quick 1, cpu 1)" in text
+    assert "(default: paper 80, quick 6, cpu 24)" in text
 
 
 def test_the_official_flags_parse_as_ours():
@@ -115,3 +117,28 @@ def test_the_official_command_means_the_official_run():
         "paper", 80, 7)
     assert parsed("--alpha", "0.1", "--beta", "0.1").preset == "quick"  # our default
     assert parsed("--local", "--preset", "quick").preset == "quick"
+
+
+def test_the_cpu_preset_is_the_budget_the_search_chose():
+    import yaml
+
+    from endebias.training.presets import PRESETS
+
+    root = Path(__file__).resolve().parents[1]
+    chosen = yaml.safe_load((root / "benchmarks" / "budget_candidates.yaml").read_text())[
+        "budgets"]["e24"]
+    cpu, quick = make_config("cpu"), make_config("quick")
+    assert (cpu.epochs, cpu.lr_step) == (chosen["epochs"], chosen["lr_step"]) == (24, 20)
+    assert cpu.model_options == {"channels": [16, 32, 64, 128], **{
+        key: chosen[key] for key in ("kernel_size", "pool_after")}}
+    # The search's optimiser: the quick preset's, as budget_candidates.yaml says.
+    for option in ("batch_size", "lr", "weight_decay", "lr_gamma"):
+        assert getattr(cpu, option) == getattr(quick, option)
+    # The search measured EnD at the candidates file's weights: the preset's defaults.
+    end = yaml.safe_load((root / "benchmarks" / "budget_candidates.yaml").read_text())["end"]
+    assert make_config("cpu", method="end").method_options == end
+    # Every preset can be named on the command line.
+    assert parsed("--preset", "cpu").epochs == 24
+    choices = next(a for a in build_parser()._subparsers._group_actions[0].choices[
+        "train"]._actions if a.dest == "preset").choices
+    assert list(choices) == list(PRESETS)
