@@ -1,17 +1,19 @@
 """Methods side by side with the quick preset on Biased MNIST: mean ± std over seeds at
 each rho, every method at its default setting (EnD at alpha = beta = 1), or at the best
-setting of a sweep.
+setting of a sweep. ``--preset cpu`` trains the CPU preset instead (the budget whose
+vanilla learns the digit as the paper's does: docs/results.md), into runs/cpu-table.
 
-    python benchmarks/quick_table.py --data-dir ../shared/data/mnist [--rhos 0.997 ...]
+    python benchmarks/quick_table.py --data-dir ../shared/data/mnist [--preset cpu]
+        [--rhos 0.997 ...]
         [--methods vanilla end groupdro lff biasbal rubi learned-mixin rebias] [--threads 1]
         [--train-subset N --eval-subset N]
         [--best-from METHOD=SWEEP_ID ... --storage URL --out runs/quick-table-best]
         [--set METHOD.OPTION=VALUE ...]
 
-Runs go to runs/quick-table/<method>-rho<rho>-seed<seed>/ and are resumed/reused, so the
+Runs go to runs/<preset>-table/<method>-rho<rho>-seed<seed>/ and are resumed/reused, so the
 script can be stopped and restarted, and two copies with different --methods can share
 the machine. Seeds are the outer loop, so a table cut short still covers every cell.
-Prints `endebias results --by-method runs/quick-table` at the end (docs/results.md).
+Prints `endebias results --by-method` of the runs' folder at the end (docs/results.md).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ DEFAULT_METHODS = ["vanilla", "end", "groupdro", "lff", "biasbal"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
-    parser.add_argument("--out", default="runs/quick-table")
+    parser.add_argument("--preset", choices=["quick", "cpu"], default="quick",
+                        help="the preset every run trains (default: %(default)s)")
+    parser.add_argument("--out", help="the runs' folder (default: runs/<preset>-table)")
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.999, 0.997, 0.995, 0.990])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
@@ -58,6 +62,7 @@ def main() -> None:
                         help="bf16 autocast (auto: where bf16 is native, GPUs and CPUs alike; "
                              "on / off force it, and their folders get a -bf16 / -fp32 suffix)")
     args = parser.parse_args()
+    args.out = args.out or f"runs/{args.preset}-table"
     if args.threads:
         torch.set_num_threads(args.threads)
     options = dict(METHODS)
@@ -82,7 +87,7 @@ def main() -> None:
     for seed in args.seeds:
         for rho in args.rhos:
             for method in args.methods:
-                config = make_config("quick", dataset_options={"rho": rho}, method=method,
+                config = make_config(args.preset, dataset_options={"rho": rho}, method=method,
                                      method_options=options[method], seed=seed, amp=args.amp,
                                      train_subset=args.train_subset,
                                      eval_subset=args.eval_subset)
