@@ -155,6 +155,7 @@ def config_from_args(args: argparse.Namespace):
     dataset_options = dict(args.dataset_option)
     if args.rho is not None:
         dataset_options["rho"] = args.rho
+    dataset_options = _without_defaults(args.dataset, dataset_options)
     method_options = dict(args.method_option)
     for name in ("alpha", "beta"):
         if getattr(args, name) is not None:
@@ -166,6 +167,18 @@ def config_from_args(args: argparse.Namespace):
     # The official code has one protocol, the paper's: its command (--local) means that.
     preset = args.preset or ("paper" if args.local else "quick")
     return make_config(preset, **overrides)
+
+
+def _without_defaults(dataset: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The dataset options that differ from the dataset's defaults: a run's config (and so
+    its default folder) is what it trains, not how it was spelled (``--rho 0.997`` is
+    Biased MNIST's default and names the same run as no ``--rho``)."""
+    from endebias.data import dataset_builder, dataset_names
+    from endebias.option_types import builder_defaults, without_defaults
+
+    if dataset not in dataset_names():  # left to the config check's one-line error
+        return options
+    return without_defaults(options, builder_defaults(dataset_builder(dataset)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
