@@ -245,6 +245,7 @@ def stop_agents(processes: list[subprocess.Popen], grace: float = 120.0) -> None
         try:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            deadline = time.monotonic()  # no more waiting: the agents after it are killed too
             print(f"agent {process.pid} did not stop; killed (its trial resumes next time)",
                   flush=True)
             process.kill()
