@@ -15,7 +15,13 @@ import yaml
 from torch import nn
 
 from endebias.data import build_dataset
-from endebias.methods import StageResult, build_method, method_class, method_names
+from endebias.methods import (
+    StageResult,
+    TrainingRows,
+    build_method,
+    method_class,
+    method_names,
+)
 from endebias.models import build_model
 from endebias.training import records
 from endebias.training.config import make_config
@@ -56,7 +62,7 @@ def _build(name: str, seed: int, benchmark, **options):
         "simple-conv", num_classes=benchmark.num_targets, input_shape=benchmark.input_shape,
         **TINY_MODEL,
     )
-    return build_method(
+    method = build_method(
         name,
         model=model,
         num_targets=benchmark.num_targets,
@@ -69,6 +75,11 @@ def _build(name: str, seed: int, benchmark, **options):
         first_stage=_stage_result(name, benchmark),
         **options,
     )
+    # As the trainer does before the first step (methods that draw batches of their own).
+    train = benchmark.train
+    method.training_rows = TrainingRows(train.inputs, train.targets, train.biases,
+                                        prepare=benchmark.prepare)
+    return method
 
 
 def _step(method, optimizer, benchmark, indices):

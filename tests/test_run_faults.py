@@ -69,11 +69,13 @@ def test_a_second_process_on_the_run_is_refused_with_the_holders_pid(tmp_path, c
 @pytest.mark.slow
 # LfF and ReBias: two networks, each with its own optimiser (group) in the checkpoint;
 # ReBias's g with a learning rate of its own; LNL: a bias predictor in its own group;
-# FairKL: a loss that couples the batch.
+# FairKL: a loss that couples the batch; BiasCon: a second batch of augmented views drawn
+# by the method's own seeded state.
 @pytest.mark.parametrize("method", [[], ["--method", "lff"],
                                     ["--method", "rebias", "--method-option", "bias_lr=0.003"],
-                                    ["--method", "lnl"], ["--method", "fairkl"]],
-                         ids=["vanilla", "lff", "rebias", "lnl", "fairkl"])
+                                    ["--method", "lnl"], ["--method", "fairkl"],
+                                    ["--method", "biascon"]],
+                         ids=["vanilla", "lff", "rebias", "lnl", "fairkl", "biascon"])
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, capsys, method):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run_cli(capsys, train_args(whole, *method, epochs=8))[0] == 0

@@ -14,6 +14,10 @@ an ``nn.Module`` whose ``state_dict`` holds everything a resumed run needs. Its
 one StepLR per group (the run config's values unless the group overrides them), and every
 parameter is in exactly one group. A method that owns a second network (LfF's biased
 twin) gives it a group of its own, with its own optimiser state in the checkpoint.
+
+A method that draws batches of its own (BiasCon's re-weighted batch of two augmented views)
+reads the training split from ``training_rows`` (:class:`TrainingRows`), which the trainer
+sets on the method, on the training device, before the first step.
 """
 
 from __future__ import annotations
@@ -37,6 +41,25 @@ class OptimizerGroup:
     weight_decay: float | None = None
     lr_step: int | None = None  # StepLR step, in epochs
     lr_gamma: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingRows:
+    """The training split as the trainer holds it, for methods that draw batches of their
+    own: ``inputs`` in stored form (uint8 images, float rows) on the training device, and
+    ``prepare``, which turns stored rows into model inputs exactly as the trainer's own
+    batches are turned (scaling, memory layout)."""
+
+    inputs: Tensor
+    targets: Tensor
+    biases: Tensor
+    prepare: Callable[[Tensor], Tensor]
+
+    def __deepcopy__(self, memo: dict) -> TrainingRows:
+        return self  # read-only data: a copied method (a trial step) shares it
+
+    def __len__(self) -> int:
+        return len(self.targets)
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,8 @@ class Method(nn.Module):
     # (autograd-aware). Methods whose loss couples the samples of a batch (EnD) pass it to
     # their loss so the loss is that of the global batch; per-sample losses ignore it.
     reduce_group_sums: Callable[[Tensor], Tensor] | None = None
+    # Set by the trainer before training (see TrainingRows); None outside a trainer.
+    training_rows: TrainingRows | None = None
     # Whether the loss reads the training bias labels; --bias-labels pseudo needs one that does.
     uses_bias_labels: ClassVar[bool] = True
 

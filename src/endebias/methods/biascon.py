@@ -8,9 +8,12 @@ On the L2-normalised features ``z`` of the model's feature layer::
     bcbb:    loss = ce_weight * CE(f + log prior[y, b], y)   + BC(z, y, b; temperature)
 
 BC is :func:`endebias.methods.contrastive_losses.bias_contrastive` (positives: same target,
-other bias); the prior is BiasBal's (:mod:`endebias.methods.biasbal`). The contrastive term
-runs on the trainer's batch: the authors' code draws a second, re-weighted batch of two
-augmented views for it, which this method, seeing one batch, does not (docs/methods.md).
+other bias); the prior is BiasBal's (:mod:`endebias.methods.biasbal`). CE runs on the
+trainer's batch. BC runs, as in the authors' code, on a second batch of ``contrast_batch``
+training images drawn with the rare (target, bias) groups over-sampled up to
+``oversample_ratio``, each in two views, augmented unless ``augment`` is false
+(:mod:`endebias.methods.contrast_batch`); ``contrast_batch`` 0 runs BC on the trainer's
+batch instead.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 
 from endebias.methods import Method, register_method
 from endebias.methods.biasbal import adjust_logits, log_bias_prior
+from endebias.methods.contrast_batch import ContrastBatches
 from endebias.methods.contrastive_losses import bias_contrastive
 from endebias.methods.features import forward_reading_features, resolve_layer
 from endebias.methods.options import check_nonnegative, check_positive
@@ -27,7 +31,10 @@ from endebias.methods.options import check_nonnegative, check_positive
 @register_method("biascon")
 class BiasContrastive(Method):
     name = "biascon"
-    defaults = {"temperature": 0.07, "ce_weight": 0.01, "layer": None}
+    # The authors' Biased MNIST settings (their train_biased_mnist_bc.py): a contrastive
+    # batch of 64 images over-sampled up to 10x, two augmented views.
+    defaults = {"temperature": 0.07, "ce_weight": 0.01, "layer": None,
+                "contrast_batch": 64, "oversample_ratio": 10.0, "augment": True}
     search_space = {
         "ce_weight": {"distribution": "log_uniform_values", "min": 0.001, "max": 1.0},
         "temperature": {"distribution": "log_uniform_values", "min": 0.05, "max": 1.0},
@@ -35,12 +42,21 @@ class BiasContrastive(Method):
 
     def __init__(
         self, model: nn.Module, *, temperature: float, ce_weight: float, layer: str | None,
-        **common,
+        contrast_batch: int, oversample_ratio: float, augment: bool, **common,
     ) -> None:
         super().__init__(model, **common)
         self.temperature = check_positive("temperature", temperature)
         self.ce_weight = check_nonnegative("ce_weight", ce_weight)
         self.layer = resolve_layer(model, layer, self.name)
+        if contrast_batch < 0:
+            raise ValueError(f"contrast_batch must be >= 0 (0: the trainer's batch), "
+                             f"got {contrast_batch}")
+        if not check_positive("oversample_ratio", oversample_ratio) >= 1:
+            raise ValueError(f"oversample_ratio must be >= 1 (1: uniform), got {oversample_ratio}")
+        self.contrast = None if contrast_batch == 0 else ContrastBatches(
+            common["train_targets"], common["train_biases"], num_targets=self.num_targets,
+            num_biases=self.num_biases, size=contrast_batch, ratio=oversample_ratio,
+            augment=augment)
 
     def classification_loss(self, logits: Tensor, targets: Tensor, biases: Tensor) -> Tensor:
         return nn.functional.cross_entropy(logits, targets)
@@ -48,11 +64,19 @@ class BiasContrastive(Method):
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        logits, features = forward_reading_features(
-            self.model, self.layer, inputs, detach_classifier=False
-        )
+        if self.contrast is not None:  # the trainer's batch first, as the authors' code
+            logits = self.model(inputs)
+            inputs_b, targets_b, biases_b = self.contrast.draw(self.training_rows)
+            _, features = forward_reading_features(
+                self.model, self.layer, inputs_b, detach_classifier=False
+            )
+        else:
+            targets_b, biases_b = targets, biases
+            logits, features = forward_reading_features(
+                self.model, self.layer, inputs, detach_classifier=False
+            )
         ce = self.classification_loss(logits, targets, biases)
-        bc = bias_contrastive(features, targets, biases, temperature=self.temperature)
+        bc = bias_contrastive(features, targets_b, biases_b, temperature=self.temperature)
         loss = self.ce_weight * ce + bc
         return loss, logits, {"ce": ce.detach(), "bias_contrastive": bc.detach()}
 
@@ -73,6 +97,9 @@ class BiasContrastiveBalanced(BiasContrastive):
         temperature: float,
         ce_weight: float,
         layer: str | None,
+        contrast_batch: int,
+        oversample_ratio: float,
+        augment: bool,
         smoothing: float,
         train_targets: Tensor,
         train_biases: Tensor,
@@ -80,6 +107,7 @@ class BiasContrastiveBalanced(BiasContrastive):
     ) -> None:
         super().__init__(
             model, temperature=temperature, ce_weight=ce_weight, layer=layer,
+            contrast_batch=contrast_batch, oversample_ratio=oversample_ratio, augment=augment,
             train_targets=train_targets, train_biases=train_biases, **common,
         )
         prior = log_bias_prior(

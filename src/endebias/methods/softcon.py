@@ -14,7 +14,7 @@ model sees them.
 
 The authors precompute ``u`` once and draw a second, re-weighted batch of two augmented
 views for the contrastive term; here ``u`` is computed per batch by the frozen model and
-the term runs on the trainer's batch (as BiasCon's, docs/methods.md).
+the term runs on the trainer's batch (BiasCon draws its own: docs/methods.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from endebias.data import Benchmark, default_model
-from endebias.methods import Method, build_method, method_class
+from endebias.methods import Method, TrainingRows, build_method, method_class
 from endebias.models import build_model
 from endebias.training import distributed
 from endebias.training.config import TrainConfig
@@ -105,11 +105,21 @@ def check_training_step(method: Method, benchmark: Benchmark, config: TrainConfi
                          f"finite ({shown}) with options {options}; nothing was written")
 
 
+def training_rows(shared: Shared) -> TrainingRows:
+    """The training split for methods that draw batches of their own, prepared as the
+    trainer's batches are (train_epoch)."""
+    benchmark, fast = shared.benchmark, shared.fast
+    train = benchmark.train
+    return TrainingRows(train.inputs, train.targets, train.biases,
+                        prepare=lambda rows: fast.inputs(benchmark.prepare(rows)))
+
+
 def prepare_solo(config: TrainConfig, shared: Shared, context: DistContext | None,
                  **method_inputs: Any) -> SoloStepper:
     """The config's method on its device, checked with one forward pass, set up for
     several processes if need be, with its optimisers: a solo run ready to step."""
     method = build_run_method(config, shared.benchmark, **method_inputs).to(shared.device)
+    method.training_rows = training_rows(shared)
     check_forward(method, shared.benchmark, config)
     check_training_step(method, shared.benchmark, config)
     distributed.prepare_method(method, context, shared.device)

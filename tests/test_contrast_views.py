@@ -1,0 +1,238 @@
+"""BiasCon's second batch: the image views (against colorsys, Pillow and torch.rot90), the
+over-sampling weights (against a loop over their definition), the seeded draws (resumable
+through the state_dict), and BiasCon's step on it."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageEnhance
+from torch import nn
+
+from endebias.data import scale_uint8_images
+from endebias.methods import TrainingRows, build_method
+from endebias.methods.contrast_batch import ContrastBatches, oversampling_weights
+from endebias.methods.contrastive_losses import bias_contrastive
+from endebias.methods.views import augment_images, colour_jitter, hsv_to_rgb, rgb_to_hsv, rotate
+from endebias.models import build_model
+
+IDENTITY = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue shift
+
+
+def _images(count=4, size=(6, 6), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, 3, *size), dtype=torch.uint8, generator=generator)
+
+
+def _one_op(images, column, factor):
+    """Only operation ``column`` applied (the others at their identity)."""
+    factors = torch.tensor(IDENTITY).repeat(len(images), 1)
+    factors[:, column] = factor
+    order = torch.tensor([column] + [c for c in range(4) if c != column]).repeat(len(images), 1)
+    out = colour_jitter(images.float() / 255, factors, order)
+    return (out * 255).round().to(torch.uint8)
+
+
+def test_hsv_round_trip_matches_colorsys_pixel_by_pixel():
+    rgb = torch.rand(2, 3, 5, 5, dtype=torch.float64)
+    rgb[0, :, 0, 0] = torch.tensor([0.3, 0.3, 0.3], dtype=torch.float64)  # grey: no hue
+    rgb[0, :, 0, 1] = 0.0  # black
+    hsv = rgb_to_hsv(rgb)
+    for n in range(2):
+        for i in range(5):
+            for j in range(5):
+                want = colorsys.rgb_to_hsv(*rgb[n, :, i, j].tolist())
+                assert hsv[n, :, i, j].tolist() == pytest.approx(want, abs=1e-9)
+    torch.testing.assert_close(hsv_to_rgb(hsv), rgb)
+
+
+def test_hue_shift_matches_colorsys():
+    images = _images()
+    shifted = _one_op(images, 3, -0.08)
+    for n in range(len(images)):
+        for i in range(6):
+            for j in range(6):
+                h, s, v = colorsys.rgb_to_hsv(*(images[n, :, i, j].double() / 255).tolist())
+                want = [round(255 * c) for c in colorsys.hsv_to_rgb((h - 0.08) % 1.0, s, v)]
+                got = shifted[n, :, i, j].tolist()
+                assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1
+
+
+@pytest.mark.parametrize(("column", "enhancer"),
+                         [(0, ImageEnhance.Brightness), (1, ImageEnhance.Contrast),
+                          (2, ImageEnhance.Color)])
+@pytest.mark.parametrize("factor", [0.6, 1.37])
+def test_brightness_contrast_saturation_match_pillow(column, enhancer, factor):
+    images = _images(count=3, size=(8, 7))
+    ours = _one_op(images, column, factor)
+    for n in range(len(images)):
+        picture = Image.fromarray(images[n].permute(1, 2, 0).numpy(), mode="RGB")
+        want = np.asarray(enhancer(picture).enhance(factor)).astype(int)
+        got = ours[n].permute(1, 2, 0).numpy().astype(int)
+        # Pillow rounds its grey levels and mean to integers before blending.
+        assert np.abs(got - want).max() <= 2, (column, factor)
+
+
+def test_rotation_is_exact_for_right_angles_and_rotates_about_the_centre():
+    square = torch.rand(3, 2, 6, 6)
+    turned = rotate(square, torch.tensor([90.0, 180.0, 0.0]))
+    torch.testing.assert_close(turned[0], torch.rot90(square[0], 1, dims=(1, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(turned[1], torch.rot90(square[1], 2, dims=(1, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(turned[2], square[2], rtol=0, atol=0)
+    wide = torch.rand(1, 1, 4, 8)
+    torch.testing.assert_close(rotate(wide, torch.tensor([180.0])), wide.flip(2, 3),
+                               rtol=0, atol=0)
+
+
+def test_augment_is_a_function_of_the_generator_and_identity_when_switched_off():
+    images = _images(count=16, size=(28, 28))
+    first = augment_images(images, torch.Generator().manual_seed(5))
+    again = augment_images(images, torch.Generator().manual_seed(5))
+    other = augment_images(images, torch.Generator().manual_seed(6))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.dtype == torch.uint8 and first.shape == images.shape
+    still = augment_images(images, torch.Generator().manual_seed(5), max_degrees=0.0,
+                           jitter_p=0.0)
+    assert torch.equal(still, images)
+
+
+def test_augment_refuses_what_is_not_a_uint8_image_batch():
+    with pytest.raises(ValueError, match="uint8 images"):
+        augment_images(torch.rand(2, 3, 4, 4), torch.Generator())
+    with pytest.raises(ValueError, match="uint8 images"):
+        augment_images(torch.zeros(2, 4, dtype=torch.uint8), torch.Generator())
+
+
+def test_oversampling_weights_match_their_definition():
+    targets = torch.tensor([0] * 9 + [1] * 5 + [0])
+    biases = torch.tensor([0] * 8 + [1] + [1] * 5 + [1])
+    for ratio in (1.0, 3.0, 100.0):
+        got = oversampling_weights(targets, biases, num_targets=2, num_biases=2, ratio=ratio)
+        raw = []
+        for t, b in zip(targets.tolist(), biases.tolist(), strict=True):
+            in_target = [bb for tt, bb in zip(targets.tolist(), biases.tolist(), strict=True)
+                         if tt == t]
+            raw.append(len(in_target) / in_target.count(b))
+        cap = ratio * min(raw)
+        assert got.tolist() == pytest.approx([min(w, cap) for w in raw])
+    uniform = oversampling_weights(targets, biases, num_targets=2, num_biases=2, ratio=1.0)
+    assert torch.all(uniform == uniform[0])
+
+
+def _rows(count=200, rho=0.95, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, 2, (count,), generator=generator)
+    conflicting = torch.rand(count, generator=generator) > rho
+    biases = torch.where(conflicting, 1 - targets, targets)
+    images = torch.randint(0, 256, (count, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    return TrainingRows(images, targets, biases, prepare=scale_uint8_images)
+
+
+def test_draws_over_sample_the_conflicting_groups_as_capped():
+    rows = _rows(count=2000, rho=0.97)
+    torch.manual_seed(0)
+    batches = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
+                              size=512, ratio=4.0, augment=False)
+    _, targets, biases = batches.draw(rows)
+    share = float((targets != biases).float().mean())
+    conflicting = float((rows.targets != rows.biases).float().mean())
+    expected = 4 * conflicting / (4 * conflicting + (1 - conflicting))
+    assert share == pytest.approx(expected, abs=0.05)
+    assert share > 2 * conflicting
+
+
+def test_draws_resume_from_the_state_dict_and_come_in_two_views():
+    rows = _rows()
+    torch.manual_seed(1)
+    running = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
+                              size=8, ratio=10.0, augment=True)
+    running.draw(rows)
+    saved = running.state_dict()
+    expected = running.draw(rows)
+    torch.manual_seed(99)  # a fresh build draws another seed; the state brings it back
+    resumed = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
+                              size=8, ratio=10.0, augment=True)
+    resumed.load_state_dict(saved)
+    got = resumed.draw(rows)
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+    inputs, targets, biases = got
+    assert inputs.shape == (16, 3, 8, 8)
+    assert torch.equal(targets[:8], targets[8:]) and torch.equal(biases[:8], biases[8:])
+
+
+def test_views_without_augmentation_are_the_drawn_rows_twice():
+    rows = _rows()
+    torch.manual_seed(2)
+    batches = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
+                              size=6, ratio=10.0, augment=False)
+    inputs, _, _ = batches.draw(rows)
+    assert torch.equal(inputs[:6], inputs[6:])
+
+
+def _biascon(rows, **options):
+    torch.manual_seed(0)
+    model = build_model("simple-conv", num_classes=2, input_shape=(3, 8, 8),
+                        channels=[4, 8], kernel_size=3)
+    method = build_method("biascon", model=model, num_targets=2, num_biases=2,
+                          train_targets=rows.targets, train_biases=rows.biases,
+                          temperature=0.5, ce_weight=0.1, **options)
+    method.training_rows = rows
+    return method
+
+
+def test_biascon_contrasts_the_drawn_views_and_takes_ce_on_the_trainers_batch():
+    rows = _rows()
+    method = _biascon(rows, contrast_batch=10).train()
+    copy = _biascon(rows, contrast_batch=10).train()
+    copy.load_state_dict(method.state_dict())
+    batch = torch.arange(16)
+    inputs = scale_uint8_images(rows.inputs[batch])
+    loss, logits, parts = method.training_step(inputs, rows.targets[batch], rows.biases[batch],
+                                               batch)
+    # The same step by hand on the copy: its trainer batch first, then the same draw.
+    want_logits = copy.model(inputs)
+    views, view_targets, view_biases = copy.contrast.draw(rows)
+    captured = []
+    handle = copy.model.get_submodule(copy.layer).register_forward_hook(
+        lambda _m, _i, out: captured.append(out))
+    copy.model(views)
+    handle.remove()
+    z = nn.functional.normalize(captured[0].flatten(1), dim=1)
+    bc = bias_contrastive(z, view_targets, view_biases, temperature=0.5)
+    ce = nn.functional.cross_entropy(want_logits, rows.targets[batch])
+    torch.testing.assert_close(logits, want_logits)
+    assert float(parts["bias_contrastive"]) == pytest.approx(float(bc.detach()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float((0.1 * ce + bc).detach()), rel=1e-5)
+
+
+def test_biascon_options_and_missing_training_rows_are_refused_in_one_line():
+    rows = _rows()
+    for options, message in [({"contrast_batch": -1}, "contrast_batch must be >= 0"),
+                             ({"oversample_ratio": 0.5}, "oversample_ratio must be >= 1"),
+                             ({"oversample_ratio": float("nan")}, "oversample_ratio must be")]:
+        with pytest.raises(ValueError, match=message) as caught:
+            _biascon(rows, **options)
+        assert "\n" not in str(caught.value)
+    method = _biascon(rows)
+    method.training_rows = None
+    batch = torch.arange(4)
+    with pytest.raises(ValueError, match="only the trainer provides"):
+        method.training_step(scale_uint8_images(rows.inputs[batch]), rows.targets[batch],
+                             rows.biases[batch], batch)
+
+
+def test_augmenting_rows_that_are_not_images_is_refused_naming_the_option():
+    rows = _rows()
+    table = TrainingRows(torch.rand(200, 5), rows.targets, rows.biases, prepare=lambda x: x)
+    torch.manual_seed(0)
+    batches = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
+                              size=4, ratio=10.0, augment=True)
+    with pytest.raises(ValueError, match="set augment=false"):
+        batches.draw(table)
+    batches.augment = False
+    inputs, _, _ = batches.draw(table)
+    assert inputs.shape == (8, 5)
