@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every trained row of the paper's Table 1 on one GPU: the paper preset (80 epochs, 7x7
-# SimpleConvNet), one rho (RHO, default 0.997), seed 42, five runs at once, each at its
-# method's defaults in the same harness (HEX is not in endebias: docs/methods.md):
+# SimpleConvNet), one rho (RHO, default 0.997), seed 42, six runs at once, each at its
+# method's defaults in the same harness:
 #
 #   vanilla         cross-entropy only
+#   hex             HEX (NGLCM branch, logits projected off its span in training)
 #   learned-mixin   LearnedMixin +H (bias-only network: the 1x1 bias-conv)
 #   rubi            RUBi (the same bias-only network)
 #   rebias          ReBias (HSIC minimax with the same bias-only network)
@@ -13,7 +14,8 @@
 # fits in BUDGET seconds (default 570: under 10 minutes); a run cut by it keeps its finished
 # epochs and the table says how many it reached. Four concurrent paper-preset runs took
 # about 8.5 minutes on one H200 (2026-12-04); three of these five also train a second,
-# cheaper network, so some may stop short of 80 epochs: the table shows it.
+# cheaper network and HEX an NGLCM branch, so some may stop short of 80 epochs: the
+# table shows it.
 # It prints one table (best-by-valid unbiased / biased / conflicting accuracy, epochs
 # reached, seconds per epoch) beside the published Table 1 into $RESULTS/gpu_table1.txt, and
 # packs every run's records (no checkpoints) into $RESULTS/gpu_table1_records.tar.gz.
@@ -42,7 +44,7 @@ mkdir -p "$RESULTS"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 COMMON=(train --preset paper "${DATASET[@]}" --seed 42 --device "$DEVICE" --data-dir "$DATA"
         --no-progress)
-NAMES=(vanilla learned-mixin rubi rebias end)
+NAMES=(vanilla hex learned-mixin rubi rebias end)
 
 say() { echo "$*" | tee -a "$REPORT"; }
 : > "$REPORT"
@@ -67,8 +69,8 @@ from pathlib import Path
 from endebias.report.results import PAPER_TABLE1
 
 runs, names = Path(sys.argv[1]), sys.argv[2:]
-PUBLISHED = {"vanilla": "Vanilla", "learned-mixin": "LearnedMixin", "rubi": "RUBi",
-             "rebias": "ReBias", "end": "EnD"}
+PUBLISHED = {"vanilla": "Vanilla", "hex": "HEX", "learned-mixin": "LearnedMixin",
+             "rubi": "RUBi", "rebias": "ReBias", "end": "EnD"}
 print("\n| run | method options | unbiased % | biased % | conflicting % | best epoch | "
       "epochs reached | s/epoch | published unbiased % (copied) |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---|")

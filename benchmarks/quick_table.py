@@ -5,7 +5,7 @@ vanilla learns the digit as the paper's does: docs/results.md), into runs/cpu-ta
 
     python benchmarks/quick_table.py --data-dir ../shared/data/mnist [--preset cpu]
         [--rhos 0.997 ...]
-        [--methods vanilla end groupdro lff biasbal rubi learned-mixin rebias] [--threads 1]
+        [--methods vanilla end groupdro lff biasbal rubi learned-mixin rebias hex] [--threads 1]
         [--train-subset N --eval-subset N]
         [--best-from METHOD=SWEEP_ID ... --storage URL --out runs/quick-table-best]
         [--set METHOD.OPTION=VALUE ...]
@@ -33,7 +33,7 @@ from endebias.training.config import make_config
 from endebias.training.fit import fit
 
 METHODS = {"vanilla": {}, "end": DEMO_END_OPTIONS, "groupdro": {}, "lff": {}, "biasbal": {},
-           "rubi": {}, "learned-mixin": {}, "rebias": {}}
+           "rubi": {}, "learned-mixin": {}, "rebias": {}, "hex": {}}
 DEFAULT_METHODS = ["vanilla", "end", "groupdro", "lff", "biasbal"]
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.999, 0.997, 0.995, 0.990])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
-                        help="the paper's Table 1 rows: vanilla learned-mixin rubi rebias end")
+                        help="the paper's Table 1 rows: vanilla hex learned-mixin rubi rebias end")
     parser.add_argument("--train-subset", type=int,
                         help="train on this many images only (a smaller budget; the folder "
                              "names it)")

@@ -70,12 +70,12 @@ def test_a_second_process_on_the_run_is_refused_with_the_holders_pid(tmp_path, c
 # LfF and ReBias: two networks, each with its own optimiser (group) in the checkpoint;
 # ReBias's g with a learning rate of its own; LNL: a bias predictor in its own group;
 # FairKL: a loss that couples the batch; BiasCon: a second batch of augmented views drawn
-# by the method's own seeded state.
+# by the method's own seeded state; HEX: an NGLCM branch reading the stored images.
 @pytest.mark.parametrize("method", [[], ["--method", "lff"],
                                     ["--method", "rebias", "--method-option", "bias_lr=0.003"],
                                     ["--method", "lnl"], ["--method", "fairkl"],
-                                    ["--method", "biascon"]],
-                         ids=["vanilla", "lff", "rebias", "lnl", "fairkl", "biascon"])
+                                    ["--method", "biascon"], ["--method", "hex"]],
+                         ids=["vanilla", "lff", "rebias", "lnl", "fairkl", "biascon", "hex"])
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, capsys, method):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run_cli(capsys, train_args(whole, *method, epochs=8))[0] == 0

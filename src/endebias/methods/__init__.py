@@ -196,6 +196,7 @@ from endebias.methods import (  # noqa: E402,F401
     fairkl,
     gce,
     groupdro,
+    hex,
     jtt,
     learned_mixin,
     lff,
