@@ -75,7 +75,8 @@ def test_nglcm_matrix_equals_a_loop_over_pixels_and_levels():
                 total = 0.0
                 for r in range(3):
                     for c in range(4):
-                        lamda, theta = float(branch.lamda[i].detach()), float(branch.theta[j].detach())
+                        lamda = float(branch.lamda[i].detach())
+                        theta = float(branch.theta[j].detach())
                         a = min(max(float(x_d[n, r, c]) - lamda, 1e-5), 1.0)
                         b = min(max(float(levels[n, r, c]) - theta, 1e-5), 1.0)
                         total += a * b
