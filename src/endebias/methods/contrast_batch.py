@@ -68,7 +68,8 @@ class ContrastBatches(nn.Module):
         if self.augment and (rows.inputs.dtype != torch.uint8 or rows.inputs.dim() != 4):
             raise ValueError(f"augment=true takes uint8 images (N, C, H, W), and this "
                              f"dataset's rows are {rows.inputs.dtype} of shape "
-                             f"{tuple(rows.inputs.shape[1:])}: set augment=false")
+                             f"{tuple(rows.inputs.shape[1:])}: set augment=false "
+                             "(--method-option augment=false)")
         generator = torch.Generator().manual_seed(self.seed + self.draws)
         self.draws += 1
         chosen = torch.multinomial(self.weights, self.size, replacement=True,
