@@ -6,7 +6,10 @@ that a loaded, shared machine slows every method alike.
 
 Each method wraps the quick preset's SimpleConvNet (docs/methods.md) for 10 classes and
 10 bias values on 28x28 colour images; one step is the training step, backward and an
-Adam step on one fixed random batch. Each round times --steps steps of every method in
+Adam step on one fixed random batch. Methods are given what the trainer gives them: the
+training split (the batch's uint8 images, for BiasCon's drawn batch and HEX's NGLCM) and,
+for JTT and SoftCon, their first stage's model (untrained: its cost is in the step, its
+training is not). Each round times --steps steps of every method in
 turn (after one untimed warm-up step each); the table shows each method's median over
 rounds, and its median ratio to vanilla's time in the same round.
 """
@@ -20,22 +23,30 @@ import time
 
 import torch
 
-from endebias.methods import build_method, method_names
+from endebias.data import scale_uint8_images
+from endebias.methods import StageResult, TrainingRows, build_method, method_class, method_names
 from endebias.models import build_model
 from endebias.training.config import QUICK
 
 DEFAULT_METHODS = [name for name in method_names() if name != "gce"]
 
 
-def build(name: str, *, classes: int, shape: tuple[int, ...], size: int):
+def build(name: str, *, classes: int, shape: tuple[int, ...], rows: TrainingRows):
     torch.manual_seed(0)
     network = functools.partial(build_model, num_classes=classes, input_shape=shape)
-    labels = torch.arange(size) % classes
-    method = build_method(
-        name, model=network("simple-conv", **QUICK["model_options"]), num_targets=classes,
-        num_biases=classes, train_targets=labels, train_biases=labels, input_shape=shape,
-        build_network=network,
-    )
+    common = {"num_targets": classes, "num_biases": classes, "train_targets": rows.targets,
+              "train_biases": rows.biases, "input_shape": shape, "build_network": network}
+    stage = method_class(name).first_stage(dict(method_class(name).defaults))
+    first_stage = None
+    if stage is not None:
+        model = (network(stage.model) if stage.model
+                 else network("simple-conv", **QUICK["model_options"]))
+        earlier = build_method(stage.method, model=model, **common).eval()
+        with torch.no_grad():
+            first_stage = StageResult(earlier, earlier(rows.prepare(rows.inputs)))
+    method = build_method(name, model=network("simple-conv", **QUICK["model_options"]),
+                          first_stage=first_stage, **common)
+    method.training_rows = rows
     return method, torch.optim.Adam(method.parameters(), lr=1e-3)
 
 
@@ -51,13 +62,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     classes, shape = 10, (3, 28, 28)
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.rand(args.batch_size, *shape, generator=generator)
+    stored = torch.randint(0, 256, (args.batch_size, *shape), dtype=torch.uint8,
+                           generator=generator)
+    inputs = scale_uint8_images(stored)
     targets = torch.randint(classes, (args.batch_size,), generator=generator)
     # 99 % aligned, as in Biased MNIST: a few bias-conflicting samples per batch.
     conflicting = torch.rand(args.batch_size, generator=generator) < 0.01
     biases = torch.where(conflicting, (targets + 1) % classes, targets)
     indices = torch.arange(args.batch_size)
-    methods = {name: build(name, classes=classes, shape=shape, size=args.batch_size)
+    rows = TrainingRows(stored, targets, biases, prepare=scale_uint8_images)
+    methods = {name: build(name, classes=classes, shape=shape, rows=rows)
                for name in args.methods}
 
     def step(name: str) -> None:
