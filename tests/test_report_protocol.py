@@ -77,3 +77,51 @@ def test_the_summary_says_when_fewer_than_top_trials_are_complete() -> None:
 ])
 def test_axis_labels_come_from_the_dataset(config, expected) -> None:
     assert axis_labels(config) == expected
+
+
+# ------------------------------------------- a run is what it trains, in reports ---
+
+
+def test_a_config_with_a_presets_training_options_is_that_preset():
+    from endebias.report.protocol import effective_preset
+
+    spelt = _config("quick", epochs=24, lr_step=20, method_options={"alpha": 1.0, "beta": 1.0})
+    assert spelt["preset"] == "quick" and effective_preset(spelt) == "cpu"
+    assert effective_preset(_config("cpu")) == "cpu"
+    assert effective_preset(_config("quick")) == "quick"
+    assert effective_preset(_config("quick", epochs=23)) == "quick"  # no preset: as recorded
+    assert effective_preset(_config("paper")) == "paper"
+    other_model = make_config("quick", dataset="synthetic", model="mlp").to_dict()
+    assert effective_preset(other_model) == "quick"
+    assert differences_from_paper(spelt)[0] == "cpu preset"
+
+
+def test_default_rhos_are_the_dataset_builders():
+    from endebias.data import dataset_builder, dataset_names
+    from endebias.option_types import builder_defaults
+    from endebias.report.protocol import DEFAULT_RHO
+
+    with_rho = {name: builder_defaults(dataset_builder(name))["rho"] for name in dataset_names()
+                if "rho" in builder_defaults(dataset_builder(name))}
+    assert with_rho == DEFAULT_RHO
+
+
+def test_runs_that_train_the_same_are_one_cell_however_their_config_spells_it(tmp_path):
+    from endebias.report.comparison import find_runs, group_runs
+    from endebias.training import records
+
+    spellings = [_config("cpu", seed=1),
+                 _config("quick", epochs=24, lr_step=20, seed=2),
+                 {**_config("cpu", seed=3), "dataset_options": {}}]  # rho at its default
+    for index, config in enumerate(spellings):
+        run_dir = tmp_path / f"run{index}"
+        run_dir.mkdir()
+        records.atomic_write_json(run_dir / records.CONFIG, config)
+        records.atomic_write_json(run_dir / records.BEST, {
+            "epoch": 1, "valid_acc": 0.5, "biased_test_acc": 0.9, "unbiased_test_acc": 0.5})
+        (run_dir / records.METRICS).write_text(records.dumps({"epoch": 1}) + "\n")
+        (run_dir / records.DONE).write_text("")
+    cells, unfinished = group_runs(find_runs([tmp_path]))
+    assert unfinished == 0 and len(cells) == 1
+    assert sorted(run.config["seed"] for run in cells[0].runs) == [1, 2, 3]
+    assert cells[0].rho == 0.997

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from endebias.report.protocol import resolved_config
 from endebias.report.results import (
     PAPER_DIGITS,
     PAPER_NOT_HERE,
@@ -190,12 +191,13 @@ def group_runs(runs: list[Run]) -> tuple[list[Cell], int]:
         if not run.done or run.best is None:
             unfinished += 1
             continue
-        key_config = {k: v for k, v in run.config.items() if k != "seed"}
+        config = resolved_config(run.config)  # what it trained, however it was spelt
+        key_config = {k: v for k, v in config.items() if k != "seed"}
         # Seeds run in bf16 and in float32 are not one cell, though "auto" reads the same.
         key_config["arithmetic"] = arithmetic(run.best)
         key = json.dumps(key_config, sort_keys=True, default=str)
         if key not in cells:
-            rho = run.config.get("dataset_options", {}).get("rho")
+            rho = config["dataset_options"].get("rho")
             cells[key] = Cell(run.config.get("method", "?"), run.config.get("method_options", {}),
                               None if rho is None else float(rho),
                               variant=_variant_if_vanilla(run.config),
@@ -228,7 +230,7 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def column_keys(cells: list[Cell]) -> list[str]:
     """The config entries, rows' own aside, whose values differ between the cells."""
-    flats = [_flat(cell.runs[0].config) for cell in cells]
+    flats = [_flat(resolved_config(cell.runs[0].config)) for cell in cells]
     names = sorted(set().union(*flats))
     return [name for name in names if not name.startswith(ROW_KEYS)
             and len({flat.get(name) for flat in flats}) > 1]
@@ -239,7 +241,7 @@ def _set_columns(cells: list[Cell]) -> None:
     ``option=value, ...`` for any other setting that differs, else the dataset's name."""
     keys = column_keys(cells)
     for cell in cells:
-        flat = _flat(cell.runs[0].config)
+        flat = _flat(resolved_config(cell.runs[0].config))
         if keys == [RHO_KEY] and cell.rho is not None:
             cell.column = f"{cell.rho:.3f}"
         elif keys:
