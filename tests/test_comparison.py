@@ -258,3 +258,19 @@ def test_the_no_bias_label_methods_are_those_of_the_registry():
 
     expected = {n for n in method_names() if not method_class(n).uses_bias_labels} - {"vanilla"}
     assert expected == comparison.WITHOUT_BIAS_LABELS
+
+
+def test_fairkl_rows_get_fairkls_published_numbers_beside_them(tmp_path, capsys):
+    folder = tmp_path / "successors"
+    write_run(folder, "fairkl", method="fairkl", rho=0.997, seed=1, unbiased=0.5)
+    write_run(folder, "end", method="end", rho=0.997, seed=1, unbiased=0.6)
+    write_run(folder, "fairkl-99", method="fairkl", rho=0.99, seed=1, unbiased=0.8)
+    assert main(["results", "--by-method", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "| FairKL (published, Barbano et al. 2023) | 94.08 | 97.86 |" in out.splitlines()
+    assert "| 0.997 | fairkl | 1 | 99.00 ± 0.00 | 50.00 ± 0.00 | 45.00 ± 0.00 | 15 | 94.08 |" in out
+    # Without a FairKL run the row is not shown.
+    (folder / "fairkl" / records.DONE).unlink()
+    (folder / "fairkl-99" / records.DONE).unlink()
+    assert main(["results", "--by-method", str(folder)]) == 0
+    assert "FairKL" not in capsys.readouterr().out

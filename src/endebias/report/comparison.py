@@ -21,6 +21,8 @@ from endebias.report.results import (
     PAPER_DIGITS,
     PAPER_NOT_HERE,
     PAPER_TABLE1,
+    PUBLISHED_LATER,
+    PUBLISHED_LATER_SOURCE,
     Row,
     mean_std,
     plus_minus,
@@ -38,6 +40,8 @@ METRICS = (
 # Our methods behind the paper's Table 1 rows, in its order.
 PAPER_NAMES = {"vanilla": "Vanilla", "hex": "HEX", "learned-mixin": "LearnedMixin",
                "rubi": "RUBi", "rebias": "ReBias", "end": "EnD"}
+# Our methods behind later papers' published rows (PUBLISHED_LATER).
+LATER_NAMES = {"fairkl": "FairKL"}
 # Debiasing methods that train without bias labels (Method.uses_bias_labels is False,
 # vanilla aside; report cannot import torch to ask: tests/test_comparison.py checks this set
 # against the registry).
@@ -267,6 +271,8 @@ def _paper(cell: Cell) -> tuple[float, float | None] | None:
     """The paper's unbiased accuracy for this cell's method and rho (Biased MNIST only)."""
     if cell.dataset != PAPER_DATASET or cell.rho is None:
         return None
+    if cell.method in LATER_NAMES:
+        return PUBLISHED_LATER[LATER_NAMES[cell.method]].get(cell.rho)
     return PAPER_TABLE1.get(PAPER_NAMES.get(cell.method, ""), {}).get(cell.rho)
 
 
@@ -332,6 +338,12 @@ def _pivot(cells: list[Cell]) -> str:
                      for rho in rhos]
             copied = "published in the paper" + ("; not in endebias" * (name in PAPER_NOT_HERE))
             lines.append(f"| {name} ({copied}) | " + " | ".join(shown) + " |")
+        present = {LATER_NAMES[c.method] for c in cells if c.method in LATER_NAMES}
+        for name in sorted(present):
+            shown = [_pm(PUBLISHED_LATER[name].get(rho) if rho is not None else None)
+                     for rho in rhos]
+            source = PUBLISHED_LATER_SOURCE[name]
+            lines.append(f"| {name} (published, {source}) | " + " | ".join(shown) + " |")
     for label in labels:
         shown = []
         for column in columns:
