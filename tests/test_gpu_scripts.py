@@ -57,10 +57,10 @@ def test_gpu_table1_flow_on_cpu(tmp_path):
     results = run_on_cpu("gpu_table1.sh", tmp_path / "results")
     report = (results / "gpu_table1.txt").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
-    names = ["vanilla", "learned-mixin", "rubi", "rebias", "end"]
+    names = ["vanilla", "hex", "learned-mixin", "rubi", "rebias", "end"]
     assert [row.split(" | ")[0] for row in rows[1:]] == [f"| {n}" for n in names]
     assert all("1 of 1" in row for row in rows[1:]), rows
-    assert rows[4].startswith("| rebias | - |") and "alpha=0.1 beta=0.1" in rows[5]
+    assert rows[5].startswith("| rebias | - |") and "alpha=0.1 beta=0.1" in rows[6]
     assert rows[1].endswith("| - |")  # synthetic data: no published number to show
     with tarfile.open(results / "gpu_table1_records.tar.gz") as archive:
         archived = archive.getnames()
