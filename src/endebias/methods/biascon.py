@@ -33,9 +33,10 @@ class BiasContrastive(Method):
     name = "biascon"
     # The authors' Biased MNIST settings (their train_biased_mnist_bc.py): a contrastive
     # batch of 64 images over-sampled up to 10x; their two views are augmented, ours by
-    # default not: on the quick preset at rho 0.997 (seed 1) BiasCon reached 82.18 %
-    # unbiased without augmentation and 77.76 % with it (22.04 % on the trainer's batch,
-    # docs/results.md), and without it the method also takes rows that are not images.
+    # default not: on the quick preset at rho 0.997 (seeds 1-3) BiasCon reached 80.22 %
+    # unbiased without augmentation and 77.83 % with it (seed 1 on the trainer's batch:
+    # 22.04 %; docs/results.md), and without it the method also takes rows that are not
+    # images.
     defaults = {"temperature": 0.07, "ce_weight": 0.01, "layer": None,
                 "contrast_batch": 64, "oversample_ratio": 10.0, "augment": False}
     search_space = {
