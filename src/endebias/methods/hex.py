@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from endebias.methods import Method, register_method
 from endebias.methods.features import feature_size
-from endebias.methods.views import GREY_WEIGHTS
+from endebias.methods.views import grey as grey_of
 
 NGLCM_FEATURES = 32  # the authors' width of the NGLCM's fully connected layer
 
@@ -45,10 +45,7 @@ def grey_levels(images: Tensor, ngray: int) -> Tensor:
     """Stored uint8 images (N, C, H, W) -> (N, H, W) integer grey levels 0 .. ngray-1 (as
     floats): ``floor(grey * (ngray - 1) / max(grey))`` per image (an all-black image: 0)."""
     images = images.float()
-    if images.shape[1] == 3:
-        grey = sum(w * images[:, c] for c, w in enumerate(GREY_WEIGHTS))
-    else:
-        grey = images.mean(dim=1)
+    grey = grey_of(images)[:, 0] if images.shape[1] == 3 else images.mean(dim=1)
     high = grey.flatten(1).max(dim=1).values.view(-1, 1, 1)
     return torch.floor(grey * (ngray - 1) / torch.where(high > 0, high, torch.ones_like(high)))
 
