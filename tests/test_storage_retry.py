@@ -77,6 +77,39 @@ def test_a_landed_write_of_other_values_is_not_taken_for_ours(storage, fast_retr
     assert len(calls) == 2
 
 
+def session_left_invalid() -> optuna.exceptions.StorageInternalError:
+    """What Optuna raises when a session's connection dropped mid-transaction (seen on a
+    PostgreSQL restart): the drop is only the context of SQLAlchemy's PendingRollbackError."""
+    try:
+        try:
+            raise dropped_connection()
+        except sql_errors.OperationalError:
+            raise sql_errors.PendingRollbackError("Can't reconnect until invalid transaction "
+                                                  "is rolled back.") from None
+    except sql_errors.PendingRollbackError as pending:
+        internal = optuna.exceptions.StorageInternalError("An exception is raised during "
+                                                          "the commit.")
+        internal.__cause__ = pending
+        return internal
+
+
+def test_a_session_left_invalid_by_a_drop_is_retried(storage, fast_retries):
+    raw, trial_id = storage
+    calls = []
+    real_get_trial = raw.get_trial
+
+    def invalid_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise session_left_invalid()
+        return real_get_trial(*args, **kwargs)
+
+    raw.get_trial = invalid_once
+    wrapped = retrying(raw, url="sqlite:///x.db", limit=5)
+    assert wrapped.get_trial(trial_id).number == 0
+    assert len(calls) == 2
+
+
 def test_errors_that_waiting_cannot_mend_are_not_retried(storage, fast_retries):
     raw, trial_id = storage
     calls = []

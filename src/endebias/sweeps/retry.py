@@ -50,10 +50,16 @@ class StorageUnavailable(RuntimeError):
 
 def is_transient(error: BaseException) -> bool:
     """A lost, refused or locked connection (retrying may help), seen directly or as the
-    cause of Optuna's ``StorageInternalError``."""
+    cause of Optuna's ``StorageInternalError``.
+
+    A connection dropped inside a transaction surfaces on the session's next use as
+    ``PendingRollbackError`` (the drop only its context): Optuna rolls that session back
+    before raising, so the next try starts clean.
+    """
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, sql_errors.OperationalError | sql_errors.InterfaceError):
+        if isinstance(seen, sql_errors.OperationalError | sql_errors.InterfaceError
+                      | sql_errors.PendingRollbackError):
             return True
         if isinstance(seen, sql_errors.DBAPIError) and seen.connection_invalidated:
             return True
