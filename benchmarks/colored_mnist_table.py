@@ -1,11 +1,14 @@
-"""Vanilla vs EnD on Colored MNIST (colour variance sigma2), with the quick CPU model.
+"""Methods side by side on Colored MNIST (colour variance sigma2), with the quick CPU model.
 
 Trains one run per (sigma2, method, seed) through the library's trainer and prints a
 markdown table of the best-by-valid epoch: biased-test and unbiased-test accuracy, and the
 unbiased test set's bias-conflicting accuracy.
 
     .venv/bin/python benchmarks/colored_mnist_table.py --data-dir ../shared/data \
-        [--methods vanilla end lff end-pseudo-cluster end-pseudo-predictions] [--out DIR]
+        [--methods vanilla end fairkl ... end-pseudo-cluster end-pseudo-predictions] [--out DIR]
+
+``--methods`` takes any registered method (each at its defaults; EnD at ``--alpha``,
+``--beta``); vanilla and EnD by default.
 
 ``end-pseudo-L`` is EnD on pseudo bias labels (``--bias-labels pseudo``, labelling ``L``,
 the other pseudo options at their defaults or as ``--pseudo-option KEY=VALUE`` sets them,
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 
 from endebias.cli.options import key_value
+from endebias.methods import method_names
 from endebias.training import records
 from endebias.training.bias_labels import AGREEMENT
 from endebias.training.config import make_config
@@ -40,7 +44,10 @@ from endebias.training.fit import fit
 
 log = logging.getLogger("colored_mnist_table")
 COLUMNS = ("biased_test_acc", "unbiased_test_acc", "unbiased_test_acc_conflicting", "valid_acc")
-METHODS = ("vanilla", "end", "lff", "end-pseudo-cluster", "end-pseudo-predictions")
+# Every registered method at its defaults (gce is a bias-capturing stage, not a method one
+# compares), and EnD on pseudo bias labels.
+METHODS = (*(name for name in method_names() if name != "gce"),
+           "end-pseudo-cluster", "end-pseudo-predictions")
 
 
 def run_one(
