@@ -1,6 +1,6 @@
-"""BiasCon's second batch: the image views (against colorsys, Pillow and torch.rot90), the
-over-sampling weights (against a loop over their definition), the seeded draws (resumable
-through the state_dict), and BiasCon's step on it."""
+"""BiasCon's and SoftCon's second batch: the image views (against colorsys, Pillow and
+torch.rot90), the over-sampling weights (against loops over their definitions), the seeded
+draws (resumable through the state_dict), and both methods' steps on it."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ from PIL import Image, ImageEnhance
 from torch import nn
 
 from endebias.data import scale_uint8_images
-from endebias.methods import TrainingRows, build_method
-from endebias.methods.contrast_batch import ContrastBatches, oversampling_weights
-from endebias.methods.contrastive_losses import bias_contrastive
+from endebias.methods import StageResult, TrainingRows, build_method
+from endebias.methods.contrast_batch import (
+    ContrastBatches,
+    oversampling_weights,
+    soft_oversampling_weights,
+)
+from endebias.methods.contrastive_losses import bias_contrastive, soft_bias_contrastive
 from endebias.methods.views import augment_images, colour_jitter, hsv_to_rgb, rgb_to_hsv, rotate
 from endebias.models import build_model
 
@@ -131,12 +135,17 @@ def _rows(count=200, rho=0.95, seed=0):
     return TrainingRows(images, targets, biases, prepare=scale_uint8_images)
 
 
+def _group_weights(rows, ratio):
+    return oversampling_weights(rows.targets, rows.biases, num_targets=2, num_biases=2,
+                                ratio=ratio)
+
+
 def test_draws_over_sample_the_conflicting_groups_as_capped():
     rows = _rows(count=2000, rho=0.97)
     torch.manual_seed(0)
-    batches = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
-                              size=512, ratio=4.0, augment=False)
-    _, targets, biases = batches.draw(rows)
+    batches = ContrastBatches(_group_weights(rows, 4.0),
+                              size=512, augment=False)
+    _, targets, biases, _ = batches.draw(rows)
     share = float((targets != biases).float().mean())
     conflicting = float((rows.targets != rows.biases).float().mean())
     expected = 4 * conflicting / (4 * conflicting + (1 - conflicting))
@@ -147,29 +156,30 @@ def test_draws_over_sample_the_conflicting_groups_as_capped():
 def test_draws_resume_from_the_state_dict_and_come_in_two_views():
     rows = _rows()
     torch.manual_seed(1)
-    running = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
-                              size=8, ratio=10.0, augment=True)
+    running = ContrastBatches(_group_weights(rows, 10.0),
+                              size=8, augment=True)
     running.draw(rows)
     saved = running.state_dict()
     expected = running.draw(rows)
     torch.manual_seed(99)  # a fresh build draws another seed; the state brings it back
-    resumed = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
-                              size=8, ratio=10.0, augment=True)
+    resumed = ContrastBatches(_group_weights(rows, 10.0),
+                              size=8, augment=True)
     resumed.load_state_dict(saved)
     got = resumed.draw(rows)
     for a, b in zip(got, expected, strict=True):
         assert torch.equal(a, b)
-    inputs, targets, biases = got
+    inputs, targets, biases, chosen = got
     assert inputs.shape == (16, 3, 8, 8)
     assert torch.equal(targets[:8], targets[8:]) and torch.equal(biases[:8], biases[8:])
+    assert torch.equal(targets[:8], rows.targets[chosen])
 
 
 def test_views_without_augmentation_are_the_drawn_rows_twice():
     rows = _rows()
     torch.manual_seed(2)
-    batches = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
-                              size=6, ratio=10.0, augment=False)
-    inputs, _, _ = batches.draw(rows)
+    batches = ContrastBatches(_group_weights(rows, 10.0),
+                              size=6, augment=False)
+    inputs, _, _, _ = batches.draw(rows)
     assert torch.equal(inputs[:6], inputs[6:])
 
 
@@ -195,7 +205,7 @@ def test_biascon_contrasts_the_drawn_views_and_takes_ce_on_the_trainers_batch():
                                                batch)
     # The same step by hand on the copy: its trainer batch first, then the same draw.
     want_logits = copy.model(inputs)
-    views, view_targets, view_biases = copy.contrast.draw(rows)
+    views, view_targets, view_biases, _ = copy.contrast.draw(rows)
     captured = []
     handle = copy.model.get_submodule(copy.layer).register_forward_hook(
         lambda _m, _i, out: captured.append(out))
@@ -211,7 +221,8 @@ def test_biascon_contrasts_the_drawn_views_and_takes_ce_on_the_trainers_batch():
 
 def test_biascon_options_and_missing_training_rows_are_refused_in_one_line():
     rows = _rows()
-    for options, message in [({"contrast_batch": -1}, "contrast_batch must be >= 0"),
+    for options, message in [({"contrast_batch": -1}, "contrast_batch must be an integer >= 0"),
+                             ({"contrast_batch": 1.5}, "contrast_batch must be int"),
                              ({"oversample_ratio": 0.5}, "oversample_ratio must be >= 1"),
                              ({"oversample_ratio": float("nan")}, "oversample_ratio must be")]:
         with pytest.raises(ValueError, match=message) as caught:
@@ -229,10 +240,119 @@ def test_augmenting_rows_that_are_not_images_is_refused_naming_the_option():
     rows = _rows()
     table = TrainingRows(torch.rand(200, 5), rows.targets, rows.biases, prepare=lambda x: x)
     torch.manual_seed(0)
-    batches = ContrastBatches(rows.targets, rows.biases, num_targets=2, num_biases=2,
-                              size=4, ratio=10.0, augment=True)
+    batches = ContrastBatches(_group_weights(rows, 10.0),
+                              size=4, augment=True)
     with pytest.raises(ValueError, match="set augment=false"):
         batches.draw(table)
     batches.augment = False
-    inputs, _, _ = batches.draw(table)
+    inputs, _, _, _ = batches.draw(table)
     assert inputs.shape == (8, 5)
+
+
+# ------------------------------------------------------------------ SoftCon ---
+
+
+def test_soft_weights_match_their_definition():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(12, 3, generator=generator, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2] * 4)
+    for ratio in (1.0, 2.0, 1e9):
+        # Every same-target sample is a reference when there are no more than ``references``.
+        got = soft_oversampling_weights(features, targets, ratio=ratio, references=10,
+                                        generator=torch.Generator().manual_seed(1))
+        raw = []
+        for i in range(12):
+            total = 0.0
+            for r in range(12):
+                if targets[r] == targets[i]:
+                    u, v = features[i], features[r]
+                    total += 1 - float(u @ v / (u.norm() * v.norm()))
+            raw.append(max(total, 0.0))
+        cap = ratio * min(w for w in raw if w > 0)
+        assert got.tolist() == pytest.approx([min(w, cap) for w in raw], rel=1e-5, abs=1e-6)
+
+
+def test_soft_weights_sample_their_references_reproducibly():
+    features = torch.randn(300, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(300) % 2
+
+    def weights(seed):
+        return soft_oversampling_weights(features, targets, ratio=1e9, references=20,
+                                         generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(weights(3), weights(3))
+    assert not torch.equal(weights(3), weights(4))  # 20 of 150 references, drawn
+    same = torch.ones(6, 4)  # a bias model that sees one feature for all: uniform draws
+    assert soft_oversampling_weights(same, torch.tensor([0, 1] * 3), ratio=10.0,
+                                     generator=torch.Generator()).tolist() == [1.0] * 6
+
+
+def _softcon(rows, **options):
+    torch.manual_seed(0)
+    bias_model = build_model("simple-conv", num_classes=2, input_shape=(3, 8, 8),
+                             channels=[4, 6], kernel_size=1)
+    stage = StageResult(build_method("vanilla", model=bias_model, num_targets=2,
+                                     num_biases=2, train_targets=rows.targets,
+                                     train_biases=rows.biases), torch.zeros(len(rows), 2))
+    model = build_model("simple-conv", num_classes=2, input_shape=(3, 8, 8),
+                        channels=[4, 8], kernel_size=3)
+    method = build_method("softcon", model=model, num_targets=2, num_biases=2,
+                          train_targets=rows.targets, train_biases=rows.biases,
+                          first_stage=stage, temperature=0.5, ce_weight=0.1, **options)
+    method.training_rows = rows
+    return method
+
+
+def _layer_output(model, layer, inputs):
+    captured = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, out: captured.append(out))
+    model(inputs)
+    handle.remove()
+    return captured[0].flatten(1)
+
+
+def test_softcon_draws_by_the_bias_models_weights_and_contrasts_the_views():
+    rows = _rows()
+    method = _softcon(rows, contrast_batch=10).train()
+    copy = _softcon(rows, contrast_batch=10).train()
+    copy.load_state_dict(method.state_dict())
+    batch = torch.arange(16)
+    inputs = scale_uint8_images(rows.inputs[batch])
+    loss, logits, parts = method.training_step(inputs, rows.targets[batch], rows.biases[batch],
+                                               batch)
+    # By hand on the copy: every row's bias features, the weights from them, the draw.
+    with torch.no_grad():
+        u = _layer_output(copy.bias_network, copy.bias_layer, scale_uint8_images(rows.inputs))
+    weights = soft_oversampling_weights(
+        u, rows.targets, ratio=10.0,
+        generator=torch.Generator().manual_seed(copy.contrast.seed + 2**62))
+    torch.testing.assert_close(method.contrast.weights, weights)
+    copy.contrast.weights = weights
+    want_logits = copy.model(inputs)
+    views, view_targets, _, chosen = copy.contrast.draw(rows)
+    z = nn.functional.normalize(_layer_output(copy.model, copy.layer, views), dim=1)
+    soft = soft_bias_contrastive(z, view_targets, u[chosen].repeat(2, 1), temperature=0.5)
+    ce = nn.functional.cross_entropy(want_logits, rows.targets[batch])
+    torch.testing.assert_close(logits, want_logits)
+    assert float(parts["soft_contrastive"]) == pytest.approx(float(soft.detach()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float((0.1 * ce + soft).detach()), rel=1e-5)
+
+
+def test_softcon_resumed_draws_what_the_uninterrupted_run_draws():
+    rows = _rows()
+    running = _softcon(rows, contrast_batch=6)
+    batch = torch.arange(8)
+    step = (scale_uint8_images(rows.inputs[batch]), rows.targets[batch], rows.biases[batch],
+            batch)
+    running.training_step(*step)
+    saved = {k: v.clone() for k, v in running.state_dict().items()}
+    expected = running.contrast.draw(rows)
+    torch.manual_seed(7)
+    resumed = _softcon(rows, contrast_batch=6)
+    resumed.load_state_dict(saved)
+    resumed.training_step(*step)  # computes the weights again, then draws once
+    torch.testing.assert_close(resumed.contrast.weights, running.contrast.weights)
+    resumed.contrast.draws -= 1
+    for got, want in zip(resumed.contrast.draw(rows), expected, strict=True):
+        assert torch.equal(got, want)

@@ -199,7 +199,8 @@ def test_softcon_weights_pairs_by_a_frozen_bias_network():
     stage = StageResult(build_method("vanilla", model=bias_network, num_targets=2,
                                      num_biases=2, train_targets=torch.zeros(2).long(),
                                      train_biases=torch.zeros(2).long()), torch.zeros(6, 2))
-    method = _build("softcon", first_stage=stage, temperature=0.2, ce_weight=0.5)
+    method = _build("softcon", first_stage=stage, temperature=0.2, ce_weight=0.5,
+                    contrast_batch=0)  # the drawn batch: test_contrast_views.py
     assert method_class("softcon").uses_bias_labels is False
     frozen = {k: v.clone() for k, v in bias_network.state_dict().items()}
     inputs, targets, biases, indices = _batch(5)
@@ -244,6 +245,8 @@ def test_softcon_weights_pairs_by_a_frozen_bias_network():
         ("softcon", {"temperature": 0.0}, "temperature must be"),
         ("softcon", {"ce_weight": -1.0}, "ce_weight"),
         ("softcon", {"bias_epochs": 0}, "bias_epochs must be a positive integer"),
+        ("softcon", {"contrast_batch": -1}, "contrast_batch must be an integer >= 0"),
+        ("softcon", {"oversample_ratio": 0.5}, "oversample_ratio must be >= 1"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(name, options, message):
@@ -313,7 +316,10 @@ def vanilla_accuracy(tmp_path_factory):
                           ("biascon", "conv", 0.08, {}),
                           ("bcbb", "conv", 0.04, {}),
                           ("biascon", "conv", 0.04, {"contrast_batch": 0}),
-                          ("softcon", "conv", 0.04, {})])
+                          # 512 rows are 8 steps an epoch: the bias model needs a few
+                          # epochs to see the colour, which SoftCon's draw weights rely on.
+                          ("softcon", "conv", 0.04, {"bias_epochs": 3}),
+                          ("softcon", "conv", 0.04, {"contrast_batch": 0})])
 def test_method_beats_vanilla_on_planted_bias(method, setting, margin, options,
                                                vanilla_accuracy, tmp_path):
     ours = _unbiased_accuracy(method, setting, tmp_path, **options)

@@ -22,7 +22,11 @@ from torch import Tensor, nn
 
 from endebias.methods import Method, register_method
 from endebias.methods.biasbal import adjust_logits, log_bias_prior
-from endebias.methods.contrast_batch import ContrastBatches
+from endebias.methods.contrast_batch import (
+    ContrastBatches,
+    check_draw_options,
+    oversampling_weights,
+)
 from endebias.methods.contrastive_losses import bias_contrastive
 from endebias.methods.features import forward_reading_features, resolve_layer
 from endebias.methods.options import check_nonnegative, check_positive
@@ -52,15 +56,12 @@ class BiasContrastive(Method):
         self.temperature = check_positive("temperature", temperature)
         self.ce_weight = check_nonnegative("ce_weight", ce_weight)
         self.layer = resolve_layer(model, layer, self.name)
-        if contrast_batch < 0:
-            raise ValueError(f"contrast_batch must be >= 0 (0: the trainer's batch), "
-                             f"got {contrast_batch}")
-        if not check_positive("oversample_ratio", oversample_ratio) >= 1:
-            raise ValueError(f"oversample_ratio must be >= 1 (1: uniform), got {oversample_ratio}")
+        check_draw_options(contrast_batch, oversample_ratio)
         self.contrast = None if contrast_batch == 0 else ContrastBatches(
-            common["train_targets"], common["train_biases"], num_targets=self.num_targets,
-            num_biases=self.num_biases, size=contrast_batch, ratio=oversample_ratio,
-            augment=augment)
+            oversampling_weights(common["train_targets"], common["train_biases"],
+                                 num_targets=self.num_targets, num_biases=self.num_biases,
+                                 ratio=oversample_ratio),
+            size=contrast_batch, augment=augment)
 
     def classification_loss(self, logits: Tensor, targets: Tensor, biases: Tensor) -> Tensor:
         return nn.functional.cross_entropy(logits, targets)
@@ -70,7 +71,7 @@ class BiasContrastive(Method):
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         if self.contrast is not None:  # the trainer's batch first, as the authors' code
             logits = self.model(inputs)
-            inputs_b, targets_b, biases_b = self.contrast.draw(self.training_rows)
+            inputs_b, targets_b, biases_b, _ = self.contrast.draw(self.training_rows)
             _, features = forward_reading_features(
                 self.model, self.layer, inputs_b, detach_classifier=False
             )

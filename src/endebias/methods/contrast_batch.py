@@ -8,7 +8,8 @@ Sample i is drawn, with replacement, with probability proportional to::
 
 (P from the training split's counts), so at rho 0.997 a bias-conflicting image is drawn
 ``oversample_ratio`` times as often as an aligned one instead of about 3,000 times;
-``oversample_ratio`` 1 draws uniformly.
+``oversample_ratio`` 1 draws uniformly. Without bias labels (SoftCon) the weights come from
+a bias-capturing model's features instead: :func:`soft_oversampling_weights`.
 
 Each draw comes from a generator seeded with the run's own seed (taken from the global
 generator when the method is built, i.e. from the config's seed) and the number of draws
@@ -22,7 +23,18 @@ import torch
 from torch import Tensor, nn
 
 from endebias.methods import TrainingRows
+from endebias.methods.options import check_positive
 from endebias.methods.views import augment_images
+
+
+def check_draw_options(contrast_batch: int, oversample_ratio: float) -> None:
+    """The options of a drawn contrastive batch, refused in one line when out of range."""
+    if isinstance(contrast_batch, bool) or not isinstance(contrast_batch, int) \
+            or contrast_batch < 0:
+        raise ValueError(f"contrast_batch must be an integer >= 0 (0: the trainer's batch), "
+                         f"got {contrast_batch!r}")
+    if not check_positive("oversample_ratio", oversample_ratio) >= 1:
+        raise ValueError(f"oversample_ratio must be >= 1 (1: uniform), got {oversample_ratio}")
 
 
 def oversampling_weights(
@@ -38,16 +50,43 @@ def oversampling_weights(
     return weights.clamp(max=float(ratio * weights.min()))
 
 
-class ContrastBatches(nn.Module):
-    """Draws ``size`` training rows by :func:`oversampling_weights` and returns two views of
-    each (augmented, or the rows twice) with their targets and biases."""
+def soft_oversampling_weights(
+    bias_features: Tensor, targets: Tensor, *, ratio: float, generator: torch.Generator,
+    references: int = 1024,
+) -> Tensor:
+    """SoftCon's draw weights, float64 on the CPU: how unlike its own target's samples
+    the bias-capturing model sees sample i, over ``references`` random same-target
+    samples R(y_i) (all of them when fewer)::
 
-    def __init__(self, targets: Tensor, biases: Tensor, *, num_targets: int, num_biases: int,
-                 size: int, ratio: float, augment: bool) -> None:
+        w_i = sum_{r in R(y_i)} 1 - cos(u_i, u_r),   clipped at ratio * min_{w_j > 0} w_j
+
+    A sample the bias model sees as typical of its target (aligned) gets a small weight,
+    a conflicting one a large weight. Where every weight is 0 (the bias model sees one
+    feature for all) the draw is uniform."""
+    unit = torch.nn.functional.normalize(bias_features.detach().float().cpu(), dim=1)
+    targets = targets.cpu()
+    weights = torch.zeros(len(targets), dtype=torch.float64)
+    for target in targets.unique().tolist():
+        members = (targets == target).nonzero().flatten()
+        chosen = torch.randperm(len(members), generator=generator)[:references]
+        similarity = unit[members] @ unit[members[chosen]].T
+        weights[members] = (1 - similarity).double().sum(dim=1).clamp_min(0)
+    positive = weights[weights > 0]
+    if len(positive) == 0:
+        return torch.ones_like(weights)
+    return weights.clamp(max=float(ratio * positive.min()))
+
+
+class ContrastBatches(nn.Module):
+    """Draws ``size`` training rows with probability proportional to ``weights`` and returns
+    two views of each (augmented, or the rows twice) with their targets, biases and row
+    numbers. ``weights`` may be set after construction, before the first draw (SoftCon's
+    need the training rows, which the trainer hands over after building the method)."""
+
+    def __init__(self, weights: Tensor | None, *, size: int, augment: bool) -> None:
         super().__init__()
         self.size, self.augment = size, augment
-        self.weights = oversampling_weights(targets, biases, num_targets=num_targets,
-                                            num_biases=num_biases, ratio=ratio)
+        self.weights = weights
         self.seed = int(torch.randint(0, 2**62, (1,)))
         self.draws = 0
 
@@ -57,11 +96,19 @@ class ContrastBatches(nn.Module):
     def set_extra_state(self, state: Tensor) -> None:
         self.seed, self.draws = (int(value) for value in state.tolist())
 
-    def draw(self, rows: TrainingRows | None) -> tuple[Tensor, Tensor, Tensor]:
+    def check_rows(self, rows: TrainingRows | None) -> TrainingRows:
         if rows is None:
             raise ValueError("contrast_batch > 0 draws from the training split, which only "
                              "the trainer provides (set contrast_batch=0 to contrast the "
                              "trainer's batch)")
+        return rows
+
+    def draw(self, rows: TrainingRows | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Model inputs of both views, their targets and biases, and the drawn row numbers
+        (once each: the views are the first and second half of the rest)."""
+        rows = self.check_rows(rows)
+        if self.weights is None:
+            raise RuntimeError("ContrastBatches.draw before its weights were set")
         if len(rows) != len(self.weights):
             raise ValueError(f"the training split has {len(rows)} rows, the method was built "
                              f"for {len(self.weights)}")
@@ -80,4 +127,4 @@ class ContrastBatches(nn.Module):
         else:
             views = [stored, stored]
         inputs = rows.prepare(torch.cat(views))
-        return inputs, rows.targets[chosen].repeat(2), rows.biases[chosen].repeat(2)
+        return inputs, rows.targets[chosen].repeat(2), rows.biases[chosen].repeat(2), chosen

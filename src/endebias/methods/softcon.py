@@ -12,9 +12,12 @@ model sees them.
        SoftCon = mean_i -(sum_p w_ip log( exp(s_ip) / sum_{a != i} exp(s_ia) )) / sum_p w_ip
        loss = ce_weight * CE(f, y) + SoftCon(z; temperature)
 
-The authors precompute ``u`` once and draw a second, re-weighted batch of two augmented
-views for the contrastive term; here ``u`` is computed per batch by the frozen model and
-the term runs on the trainer's batch (BiasCon draws its own: docs/methods.md).
+As in the authors' code, CE runs on the trainer's batch and SoftCon on a second batch of
+``contrast_batch`` training rows, each in two views (augmented if ``augment``), drawn with
+weights from the frozen model's features of every training row, computed once
+(:func:`endebias.methods.contrast_batch.soft_oversampling_weights`): rows the bias model sees
+as unlike their target's others are drawn up to ``oversample_ratio`` times as often.
+``contrast_batch`` 0 runs SoftCon on the trainer's batch, ``u`` computed per batch.
 """
 
 from __future__ import annotations
@@ -25,17 +28,27 @@ import torch
 from torch import Tensor, nn
 
 from endebias.hooks import capture_features
-from endebias.methods import FirstStage, Method, StageResult, register_method
+from endebias.methods import FirstStage, Method, StageResult, TrainingRows, register_method
+from endebias.methods.contrast_batch import (
+    ContrastBatches,
+    check_draw_options,
+    soft_oversampling_weights,
+)
 from endebias.methods.contrastive_losses import soft_bias_contrastive
 from endebias.methods.features import forward_reading_features, resolve_layer
 from endebias.methods.options import check_nonnegative, check_positive
+
+FEATURE_CHUNK = 2048  # rows per forward pass when computing every row's bias features
 
 
 @register_method("softcon")
 class SoftBiasContrastive(Method):
     uses_bias_labels = False
+    # The drawn batch's size and over-sampling cap are the authors' (their
+    # train_biased_mnist_softcon.py); views unaugmented as BiasCon's default (measured there).
     defaults = {"temperature": 0.07, "ce_weight": 0.01, "layer": None,
-                "bias_model": "bias-conv", "bias_epochs": 1}
+                "bias_model": "bias-conv", "bias_epochs": 1,
+                "contrast_batch": 64, "oversample_ratio": 10.0, "augment": False}
     search_space = {
         "ce_weight": {"distribution": "log_uniform_values", "min": 0.001, "max": 1.0},
         "temperature": {"distribution": "log_uniform_values", "min": 0.05, "max": 1.0},
@@ -55,6 +68,9 @@ class SoftBiasContrastive(Method):
         layer: str | None,
         bias_model: str,
         bias_epochs: int,
+        contrast_batch: int,
+        oversample_ratio: float,
+        augment: bool,
         first_stage: StageResult,
         **common,
     ) -> None:
@@ -68,23 +84,59 @@ class SoftBiasContrastive(Method):
         self.bias_network = getattr(first_stage.method, "model", first_stage.method)
         self.bias_network.requires_grad_(False).eval()
         self.bias_layer = resolve_layer(self.bias_network, None, "softcon")
+        check_draw_options(contrast_batch, oversample_ratio)
+        self.oversample_ratio = oversample_ratio
+        self.contrast = None if contrast_batch == 0 else ContrastBatches(
+            None, size=contrast_batch, augment=augment)
+        # Every training row's bias features, computed on the first draw (the trainer
+        # hands the rows over after building the method); not state: a resumed run
+        # computes the same from the restored bias network and seed.
+        self.row_bias_features: Tensor | None = None
 
     def train(self, mode: bool = True) -> SoftBiasContrastive:
         super().train(mode)
         self.bias_network.eval()  # frozen, BatchNorm statistics included
         return self
 
+    def bias_features(self, inputs: Tensor) -> Tensor:
+        """The frozen bias model's features of ``inputs``, flattened, float32."""
+        with torch.no_grad(), capture_features(self.bias_network, self.bias_layer) as captured:
+            self.bias_network(inputs)
+        return captured.get().float().flatten(1)
+
+    def prepare_draws(self, rows: TrainingRows) -> None:
+        """Bias features of every training row (full precision, in chunks) and the draw
+        weights from them; the reference rows are drawn from the draws' own seed."""
+        assert self.contrast is not None
+        with torch.autocast(rows.inputs.device.type, enabled=False):
+            self.row_bias_features = torch.cat([
+                self.bias_features(rows.prepare(rows.inputs[start:start + FEATURE_CHUNK]))
+                for start in range(0, len(rows), FEATURE_CHUNK)])
+        generator = torch.Generator().manual_seed(self.contrast.seed + 2**62)
+        self.contrast.weights = soft_oversampling_weights(
+            self.row_bias_features, rows.targets, ratio=self.oversample_ratio,
+            generator=generator)
+
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        with torch.no_grad(), capture_features(self.bias_network, self.bias_layer) as captured:
-            self.bias_network(inputs)
-        bias_features = captured.get().float().flatten(1)
-        logits, features = forward_reading_features(
-            self.model, self.layer, inputs, detach_classifier=False
-        )
+        if self.contrast is not None:  # the trainer's batch first, as the authors' code
+            rows = self.contrast.check_rows(self.training_rows)
+            if self.row_bias_features is None:
+                self.prepare_draws(rows)
+            logits = self.model(inputs)
+            inputs_b, targets_b, _, chosen = self.contrast.draw(rows)
+            bias_features = self.row_bias_features[chosen].repeat(2, 1)
+            _, features = forward_reading_features(
+                self.model, self.layer, inputs_b, detach_classifier=False
+            )
+        else:
+            bias_features, targets_b = self.bias_features(inputs), targets
+            logits, features = forward_reading_features(
+                self.model, self.layer, inputs, detach_classifier=False
+            )
         ce = nn.functional.cross_entropy(logits, targets)
-        soft = soft_bias_contrastive(features, targets, bias_features,
+        soft = soft_bias_contrastive(features, targets_b, bias_features,
                                      temperature=self.temperature)
         loss = self.ce_weight * ce + soft
         return loss, logits, {"ce": ce.detach(), "soft_contrastive": soft.detach()}
