@@ -25,26 +25,34 @@ from endebias.training.packed import (
 )
 
 SETTINGS = [(0.1, 0.2), (1.0, 0.0), (0.5, 3.0)]
+# FairKL members: two whose classifier reads the features detached (ce_weight 0, the
+# default) and one whose cross-entropy trains the encoder too.
+FAIRKL = [{"fairkl_weight": 1.0, "epsilon": 0.1}, {"fairkl_weight": 10.0, "temperature": 0.5},
+          {"fairkl_weight": 0.1, "ce_weight": 0.5}]
 TINY = {"channels": [4, 8, 8], "kernel_size": 3, "pool_after": [0]}
 
 
 def solo_methods(settings, *, method: str = "end", dtype=torch.float64):
     targets, biases = torch.arange(10).repeat(7)[:64], torch.arange(10).repeat(7)[3:67] % 10
     solos = []
-    for alpha, beta in settings:
+    for setting in settings:
         torch.manual_seed(0)  # every member starts where its solo run starts
         model = build_model("simple-conv", num_classes=10, input_shape=(3, 16, 16), **TINY)
-        options = {"alpha": alpha, "beta": beta} if method == "end" else {}
+        if method == "end":
+            options = dict(zip(("alpha", "beta"), setting, strict=True))
+        else:
+            options = setting if method == "fairkl" else {}
         solos.append(build_method(method, model=model, num_targets=10, num_biases=10,
                                   train_targets=targets, train_biases=biases, **options).to(dtype))
     return solos, targets, biases
 
 
-@pytest.mark.parametrize("method", ["end", "vanilla"])
+@pytest.mark.parametrize("method", ["end", "vanilla", "fairkl"])
 def test_packed_steps_equal_solo_steps_in_float64(method):
     """K = 3 members, several Adam steps with weight decay on changing batches: weights,
     BatchNorm statistics and Adam's moments equal the three solo runs' (float64)."""
-    solos, targets, biases = solo_methods(SETTINGS, method=method)
+    solos, targets, biases = solo_methods(FAIRKL if method == "fairkl" else SETTINGS,
+                                          method=method)
     packed = build_packed(solos, [s.state_dict() for s in solos], model_options=TINY,
                           num_classes=10, in_channels=3).double()
     packed_optimizer = torch.optim.Adam(packed.parameters(), lr=1e-2, weight_decay=1e-4)
@@ -77,8 +85,8 @@ def test_packed_steps_equal_solo_steps_in_float64(method):
         for index, entry in theirs["state"].items():
             for key, value in entry.items():
                 torch.testing.assert_close(ours["state"][index][key], value, rtol=1e-9, atol=1e-12)
-    # The members really differ (alpha and beta matter), so the comparison above has teeth.
-    if method == "end":
+    # The members really differ (their options matter), so the comparison above has teeth.
+    if method != "vanilla":
         first, second = (member_state(packed.state_dict(), p, 3) for p in (0, 1))
         assert not torch.allclose(first["model.fc.weight"], second["model.fc.weight"])
 
@@ -140,12 +148,18 @@ def test_models_and_methods_that_cannot_pack_are_refused_in_one_line():
         with pytest.raises(PackError, match=culprit) as error:
             check_packable(bad)
         assert "\n" not in str(error.value)
+    with pytest.raises(PackError, match="trains methods end, fairkl, vanilla only"):
+        check_packable(config(method="biascon"))
+    check_packable(config(method="fairkl"))  # a packable method: no error
 
 
-def test_packed_runs_write_the_solo_runs_records(tmp_path: Path):
+@pytest.mark.parametrize("method", ["end", "fairkl"])
+def test_packed_runs_write_the_solo_runs_records(tmp_path: Path, method: str):
     """Three members, 2 epochs: every epoch's record equals the solo run's (accuracies
     exactly, losses to float32 rounding), and the folders hold the same files."""
-    configs = [config(method_options={"alpha": a, "beta": b}) for a, b in SETTINGS]
+    configs = ([config(method_options={"alpha": a, "beta": b}) for a, b in SETTINGS]
+               if method == "end" else
+               [config(method="fairkl", method_options=options) for options in FAIRKL])
     outcomes = fit_packed(configs, [tmp_path / f"packed{i}" for i in range(3)])
     for number, (cfg, outcome) in enumerate(zip(configs, outcomes, strict=True)):
         solo_dir = tmp_path / f"solo{number}"

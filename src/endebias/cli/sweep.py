@@ -195,7 +195,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         type=int,
         metavar="K",
         help="train K trials at once as one packed model sharing every batch (SimpleConvNet "
-        "with vanilla or EnD; see docs/sweeps.md); default 1, one trial at a time",
+        "with vanilla, EnD or FairKL; see docs/sweeps.md); default 1, one trial at a time",
     )
     agent.set_defaults(handler=cmd_sweep_agent)
 

@@ -102,6 +102,12 @@ class Method(nn.Module):
     training_rows: TrainingRows | None = None
     # Whether the loss reads the training bias labels; --bias-labels pseudo needs one that does.
     uses_bias_labels: ClassVar[bool] = True
+    # Whether the method can train as a member of a pack (endebias.training.packed), where
+    # one network computes every member's logits and features: its loss is a function of
+    # those alone (``output_loss``), and ``detaches_classifier`` says whether its
+    # classifier reads the features detached.
+    packable: ClassVar[bool] = False
+    detaches_classifier: bool = False
 
     def __init__(
         self,
@@ -131,6 +137,13 @@ class Method(nn.Module):
         or None. The trainer trains it (resumed and locked as any run) and passes its
         :class:`StageResult` to ``__init__`` as the keyword ``first_stage``."""
         return None
+
+    def output_loss(
+        self, logits: Tensor, features: Tensor | None, targets: Tensor, biases: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """A packable method's loss and its logged parts, from the logits and the feature
+        layer's L2-normalised output (``training_step`` computes both and calls this)."""
+        raise NotImplementedError(f"{type(self).__name__} is not packable")
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits used for evaluation."""

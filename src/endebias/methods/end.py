@@ -11,6 +11,7 @@ from endebias.regularizer import end_terms
 
 @register_method("end")
 class EnD(Method):
+    packable = True
     defaults = {"alpha": 1.0, "beta": 1.0, "layer": None, "pairs": "all"}
     search_space = {
         "alpha": {"distribution": "uniform", "min": 0.0, "max": 1.0},
@@ -45,9 +46,15 @@ class EnD(Method):
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         with capture_features(self.model, self.layer) as captured:
             logits = self.model(inputs)
+        loss, parts = self.output_loss(logits, captured.get(), targets, biases)
+        return loss, logits, parts
+
+    def output_loss(
+        self, logits: Tensor, features: Tensor, targets: Tensor, biases: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         ce = nn.functional.cross_entropy(logits, targets)
         r_perp, r_par = end_terms(
-            captured.get(),
+            features,
             targets,
             biases,
             pairs=self.pairs,
@@ -57,5 +64,4 @@ class EnD(Method):
             reduce_group_sums=self.reduce_group_sums,
         )
         loss = ce + self.alpha * r_perp + self.beta * r_par
-        parts = {"ce": ce.detach(), "r_perp": r_perp.detach(), "r_par": r_par.detach()}
-        return loss, logits, parts
+        return loss, {"ce": ce.detach(), "r_perp": r_perp.detach(), "r_par": r_par.detach()}

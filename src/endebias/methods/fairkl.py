@@ -28,6 +28,7 @@ from endebias.methods.options import check_nonnegative, check_positive
 
 @register_method("fairkl")
 class FairKL(Method):
+    packable = True
     defaults = {
         "temperature": 0.1,
         "epsilon": 0.0,
@@ -66,13 +67,20 @@ class FairKL(Method):
         self.std_weight = check_nonnegative("std_weight", std_weight)
         self.ce_weight = check_nonnegative("ce_weight", ce_weight)
         self.layer = resolve_layer(model, layer, "fairkl")
+        self.detaches_classifier = self.ce_weight == 0
 
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         logits, features = forward_reading_features(
-            self.model, self.layer, inputs, detach_classifier=self.ce_weight == 0
+            self.model, self.layer, inputs, detach_classifier=self.detaches_classifier
         )
+        loss, parts = self.output_loss(logits, features, targets, biases)
+        return loss, logits, parts
+
+    def output_loss(
+        self, logits: Tensor, features: Tensor, targets: Tensor, biases: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         ce = nn.functional.cross_entropy(logits, targets)
         infonce = epsilon_supinfonce(
             features, targets, temperature=self.temperature, epsilon=self.epsilon
@@ -80,5 +88,4 @@ class FairKL(Method):
         kl = fairkl(features, targets, biases, temperature=1.0, std_weight=self.std_weight)
         loss = (self.ce_weight or 1.0) * ce + self.infonce_weight * infonce
         loss = loss + self.fairkl_weight * kl
-        parts = {"ce": ce.detach(), "infonce": infonce.detach(), "fairkl": kl.detach()}
-        return loss, logits, parts
+        return loss, {"ce": ce.detach(), "infonce": infonce.detach(), "fairkl": kl.detach()}

@@ -8,6 +8,7 @@ LNL's bias predictor) read the same features, so their input width is ``fc.in_fe
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from endebias.hooks import find_layer
@@ -35,9 +36,9 @@ def feature_size(model: nn.Module, method: str) -> int:
 def forward_reading_features(
     model: nn.Module, layer: str, inputs: Tensor, *, detach_classifier: bool
 ) -> tuple[Tensor, Tensor]:
-    """The logits and the flattened, L2-normalised, float32 output of ``layer``. With
-    ``detach_classifier`` the layers after ``layer`` see it detached, so a loss on the
-    logits trains only them."""
+    """The logits and the flattened, L2-normalised output of ``layer`` (half precision
+    raised to float32). With ``detach_classifier`` the layers after ``layer`` see it
+    detached, so a loss on the logits trains only them."""
     captured: list[Tensor] = []
 
     def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> Tensor | None:
@@ -50,5 +51,7 @@ def forward_reading_features(
         logits = model(inputs)
     finally:
         handle.remove()
-    features = captured[-1].float().flatten(1)
+    features = captured[-1].flatten(1)
+    if features.dtype in (torch.bfloat16, torch.float16):
+        features = features.float()  # the losses run in float32 under autocast
     return logits, nn.functional.normalize(features, dim=1)

@@ -29,13 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from endebias.methods import Method, OptimizerGroup
+from endebias.methods import Method, OptimizerGroup, method_class, method_names
 from endebias.models import init_conv_and_norm
-from endebias.regularizer import end_terms
 from endebias.training.config import TrainConfig
 
 PACKABLE_MODELS = ("simple-conv",)
-PACKABLE_METHODS = ("vanilla", "end")
 SHARED = "num_batches_tracked"  # one count per BatchNorm, the same for every member
 STACKED = ".fc."  # the per-member classifier: stacked, not concatenated
 
@@ -51,9 +49,9 @@ def check_packable(config: TrainConfig) -> None:
             f"--pack trains model {', '.join(PACKABLE_MODELS)} only, not {config.model!r}; "
             "run this sweep's agents without --pack"
         )
-    if config.method not in PACKABLE_METHODS:
+    if config.method not in packable_methods():
         raise PackError(
-            f"--pack trains methods {', '.join(PACKABLE_METHODS)} only, not "
+            f"--pack trains methods {', '.join(packable_methods())} only, not "
             f"{config.method!r}; run this sweep's agents without --pack"
         )
     if getattr(config, "bias_labels", "given") != "given":
@@ -64,7 +62,12 @@ def check_packable(config: TrainConfig) -> None:
                         "run this sweep's agents without --pack")
     layer = config.method_options.get("layer")
     if layer not in (None, "pattern_norm"):
-        raise PackError(f"--pack reads EnD's features at pattern_norm only, not {layer!r}")
+        raise PackError(f"--pack reads the features at pattern_norm only, not {layer!r}")
+
+
+def packable_methods() -> list[str]:
+    """The registered methods that can train as members of a pack (``Method.packable``)."""
+    return [name for name in method_names() if method_class(name).packable]
 
 
 def pack_key(config: TrainConfig) -> str:
@@ -129,11 +132,17 @@ class PackedSimpleConvNet(nn.Module):
         self.features = previous
         init_conv_and_norm(self)  # overwritten by the members' weights in practice
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, detached: Sequence[bool] = ()) -> tuple[Tensor, Tensor]:
+        """``detached``: per member, whether its classifier reads its features detached
+        (the classifier then learns from the loss alone, the encoder not from it)."""
         pooled = self.pool(self.blocks(x)).reshape(x.shape[0], self.members, self.features)
         # SimpleConvNet's L2Normalize, per member (same eps).
         features = nn.functional.normalize(pooled, dim=2, eps=1e-12)
-        return self.fc(features if self.normalize_features else pooled), features
+        read = features if self.normalize_features else pooled
+        if any(detached):
+            mask = torch.tensor(list(detached), device=x.device)[None, :, None]
+            read = torch.where(mask, read.detach(), read)
+        return self.fc(read), features
 
 
 def _rule(name: str) -> str:
@@ -191,17 +200,19 @@ def join_optimizer_states(states: list[dict[str, Any]], names: list[str]) -> dic
 
 
 class PackedMethod(nn.Module):
-    """The packed network and each member's loss: vanilla (cross-entropy) or EnD
-    (cross-entropy + alpha R_perp + beta R_par on the member's normalised features).
-    ``solos`` are the members' own methods: their options, and the solo state format."""
+    """The packed network and each member's loss, its solo method's ``output_loss`` on the
+    member's logits and normalised features (vanilla, EnD, FairKL: ``Method.packable``).
+    ``solos`` are the members' own methods: their losses, and the solo state format."""
 
     def __init__(self, model: PackedSimpleConvNet, solos: Sequence[Method]) -> None:
         super().__init__()
         self.model = model
-        self.options = [
-            (getattr(s, "alpha", 0.0), getattr(s, "beta", 0.0), getattr(s, "pairs", None))
-            for s in solos
-        ]
+        unpackable = sorted({type(s).__name__ for s in solos if not s.packable})
+        if unpackable:
+            raise PackError(f"methods {', '.join(unpackable)} cannot train in a pack")
+        # A plain list: the solos' own weights are not the pack's (its state is joined).
+        self.solos = list(solos)
+        self.detached = [s.detaches_classifier for s in solos]
         self.num_targets = solos[0].num_targets
         self.num_biases = solos[0].num_biases
 
@@ -219,21 +230,16 @@ class PackedMethod(nn.Module):
         self, inputs: Tensor, targets: Tensor, biases: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Per-member losses ``(K,)``, logits ``(B, K, classes)`` and loss parts ``(K,)``."""
-        logits, features = self.model(inputs)
+        logits, features = self.model(inputs, self.detached)
         losses, parts = [], []
-        for member, (alpha, beta, pairs) in enumerate(self.options):
-            ce = nn.functional.cross_entropy(logits[:, member], targets)
-            if pairs is None:  # vanilla
-                losses.append(ce)
-                parts.append({"ce": ce.detach()})
-                continue
-            r_perp, r_par = end_terms(
-                features[:, member], targets, biases, pairs=pairs,
-                num_targets=self.num_targets, num_biases=self.num_biases,
-                normalize=False,  # already unit-norm, as in the solo method
-            )
-            losses.append(ce + alpha * r_perp + beta * r_par)
-            parts.append({"ce": ce.detach(), "r_perp": r_perp.detach(), "r_par": r_par.detach()})
+        if features.dtype in (torch.bfloat16, torch.float16):
+            features = features.float()  # the solo methods' losses run in float32 too
+        for member, solo in enumerate(self.solos):
+            loss, member_parts = solo.output_loss(
+                logits[:, member], features[:, member], targets, biases)
+            losses.append(loss)
+            parts.append(member_parts)
+        # One method per pack (pack_key), so every member logs the same parts.
         stacked = {key: torch.stack([p[key] for p in parts]) for key in parts[0]}
         return torch.stack(losses), logits, stacked
 
