@@ -354,6 +354,29 @@ def test_a_member_folder_holding_another_run_fails_that_member_only(tmp_path: Pa
     assert all((dirs[n] / records.DONE).exists() for n in (0, 1))
 
 
+def test_a_member_folder_trained_on_other_data_fails_that_member_only(tmp_path: Path):
+    """A member resumed from a folder whose run recorded another data checksum is refused
+    (its epochs were trained on other images); its folder is left as it was."""
+    configs = [config(epochs=2, method_options={"alpha": a, "beta": b}) for a, b in SETTINGS[:2]]
+    dirs = [tmp_path / f"packed{i}" for i in range(2)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(index, epoch, record):
+        raise Stop("stopped after epoch 1")
+
+    assert all(isinstance(o, Stop) for o in fit_packed(configs, dirs, on_epoch=stop_after_one))
+    records.atomic_write_json(dirs[1] / records.DATA, {"checksum": "sha256:other"})
+    before = (dirs[1] / records.METRICS).read_bytes()
+    outcomes = fit_packed(configs, dirs, resume=True)
+    assert type(outcomes[1]).__name__ == "DataChangedError"
+    assert "trained on other data" in str(outcomes[1]) and "\n" not in str(outcomes[1])
+    assert (dirs[1] / records.METRICS).read_bytes() == before  # nothing trained into it
+    assert records.read_json(dirs[1] / records.DATA) == {"checksum": "sha256:other"}
+    assert len(records.read_metrics(dirs[0])) == 2 and (dirs[0] / records.DONE).exists()
+
+
 def test_a_failed_start_leaves_no_run_folders(tmp_path: Path):
     """A start that fails while loading the data (here an option the dataset lacks) raises
     one error naming it and leaves none of the members' folders behind, as fit does."""
