@@ -1,5 +1,5 @@
 """Seconds per trial of packed training (``sweep agent --pack K``) against K solo trials,
-both through the trainer's own epoch loops, on Biased MNIST (rho 0.997, EnD).
+both through the trainer's own epoch loops, on Biased MNIST (rho 0.997, EnD or FairKL).
 
 * ``solo``: K methods, each trained by ``endebias.training.epoch.train_epoch`` on the same
   batches, one after the other (what K solo trials cost);
@@ -11,6 +11,7 @@ the median over paired turns of (K solo steps) / (one packed step), i.e. how man
 cheaper a trial is when packed. Each first runs one untimed warm-up batch.
 
     .venv/bin/python benchmarks/bench_packed.py --preset quick --pack 4 --batches 8
+    .venv/bin/python benchmarks/bench_packed.py --preset quick --pack 4 --method fairkl
     .venv/bin/python benchmarks/bench_packed.py --device cuda --preset paper --pack 8
 """
 
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", default="quick", choices=["paper", "quick"])
     parser.add_argument("--pack", type=int, default=4, help="trials per pack (default: 4)")
+    parser.add_argument("--method", default="end", choices=["end", "fairkl"],
+                        help="the packed members' method (default: %(default)s)")
     parser.add_argument("--batches", type=int, default=8, help="timed batches per variant")
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--data-dir",
@@ -50,24 +53,24 @@ def main() -> None:
     if args.pack < 1 or args.batches < 1:
         parser.error("--pack and --batches must be >= 1")
     device = torch.device(args.device)
-    config = make_config(args.preset, method="end", device=args.device, eval_subset=1,
+    config = make_config(args.preset, method=args.method, device=args.device, eval_subset=1,
                          train_subset=(args.batches + 1) * 256, dataset_options={"rho": 0.997},
                          amp=args.amp)
     benchmark = load_benchmark(config, data_dir=args.data_dir, device=device)
     fast = FastPath.resolve(device, amp=config.amp, compile="off", channels_last="off")
-    # Alpha and beta spread as a sweep would try them; the cost does not depend on them.
-    settings = [(0.1 * (k + 1), 0.05 * (k + 1)) for k in range(args.pack)]
+    # Weights spread as a sweep would try them; the cost does not depend on them.
+    settings = [{"alpha": 0.1 * (k + 1), "beta": 0.05 * (k + 1)} if args.method == "end"
+                else {"fairkl_weight": 0.5 * (k + 1)} for k in range(args.pack)]
     solos = []
-    for alpha, beta in settings:
+    for options in settings:
         torch.manual_seed(config.seed)
         model = build_model(config.model, num_classes=10, input_shape=benchmark.input_shape,
                             **config.model_options)
         solos.append(build_method(
-            "end", model=model, num_targets=10, num_biases=10, alpha=alpha, beta=beta,
+            args.method, model=model, num_targets=10, num_biases=10, **options,
             train_targets=benchmark.train.targets, train_biases=benchmark.train.biases,
         ).to(device))
-    configs = [dataclasses.replace(config, method_options={"alpha": a, "beta": b})
-               for a, b in settings]
+    configs = [dataclasses.replace(config, method_options=options) for options in settings]
     packed = PackedStepper(solos, configs, [{"method": s.state_dict()} for s in solos],
                            benchmark_shape=(10, benchmark.input_shape[0]), device=device,
                            fast=fast)
@@ -107,7 +110,8 @@ def main() -> None:
     ratio = statistics.median(s / p for s, p in zip(solo_times, packed_times, strict=True))
     solo_per_trial = sum(solo_times) / args.batches / args.pack
     packed_per_trial = sum(packed_times) / args.batches / args.pack
-    print(f"{args.preset} preset, {args.device}, pack {args.pack}, {args.batches} batches of 256,"
+    print(f"{args.preset} preset, {args.method}, {args.device}, pack {args.pack}, "
+          f"{args.batches} batches of 256,"
           f" fast path: {fast.describe()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("| variant | seconds per batch per trial |\n|---|---:|")
@@ -116,7 +120,8 @@ def main() -> None:
           f"turns; overall {solo_per_trial / packed_per_trial:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "preset": args.preset, "device": args.device, "pack": args.pack,
+            "preset": args.preset, "method": args.method, "device": args.device,
+            "pack": args.pack,
             "batches": args.batches, "fast_path": fast.describe(), "torch": torch.__version__,
             "solo_seconds_per_batch_per_trial": solo_per_trial,
             "packed_seconds_per_batch_per_trial": packed_per_trial,
