@@ -50,27 +50,27 @@ def oversampling_weights(
     return weights.clamp(max=float(ratio * weights.min()))
 
 
-def soft_oversampling_weights(
-    bias_features: Tensor, targets: Tensor, *, ratio: float, generator: torch.Generator,
-    references: int = 1024,
-) -> Tensor:
-    """SoftCon's draw weights, float64 on the CPU: how unlike its own target's samples
-    the bias-capturing model sees sample i, over ``references`` random same-target
-    samples R(y_i) (all of them when fewer)::
+def soft_oversampling_weights(bias_features: Tensor, targets: Tensor, *, ratio: float) -> Tensor:
+    """SoftCon's draw weights, float64 on the CPU: how unlike the other samples of its
+    target the bias-capturing model sees sample i::
 
-        w_i = sum_{r in R(y_i)} 1 - cos(u_i, u_r),   clipped at ratio * min_{w_j > 0} w_j
+        w_i = sum_{r : y_r = y_i} 1 - cos(u_i, u_r)  =  n_{y_i} - û_i · sum_{r : y_r = y_i} û_r
+
+        w_i <- min(w_i, ratio * min_{w_j > 0} w_j)
 
     A sample the bias model sees as typical of its target (aligned) gets a small weight,
-    a conflicting one a large weight. Where every weight is 0 (the bias model sees one
-    feature for all) the draw is uniform."""
-    unit = torch.nn.functional.normalize(bias_features.detach().float().cpu(), dim=1)
-    targets = targets.cpu()
-    weights = torch.zeros(len(targets), dtype=torch.float64)
-    for target in targets.unique().tolist():
-        members = (targets == target).nonzero().flatten()
-        chosen = torch.randperm(len(members), generator=generator)[:references]
-        similarity = unit[members] @ unit[members[chosen]].T
-        weights[members] = (1 - similarity).double().sum(dim=1).clamp_min(0)
+    a conflicting one a large weight. The authors' code sums over 1,024 random samples of
+    the target instead; on Biased MNIST at rho 0.997 (about 18 conflicting rows in 6,000
+    per digit) such a set often holds none, the smallest weight falls to feature noise and
+    the cap then flattens every weight (0.3 % of draws conflicting, as without
+    over-sampling); the sum over all of them is exact, as cheap, and draws 2.7 %
+    (docs/methods.md). Where every weight is 0 (one feature for all) the draw is uniform."""
+    unit = torch.nn.functional.normalize(bias_features.detach().double().cpu(), dim=1)
+    targets = targets.cpu().long()
+    sums = torch.zeros(int(targets.max()) + 1, unit.shape[1], dtype=torch.float64)
+    sums.index_add_(0, targets, unit)
+    counts = torch.bincount(targets).double()
+    weights = (counts[targets] - (unit * sums[targets]).sum(dim=1)).clamp_min(0)
     positive = weights[weights > 0]
     if len(positive) == 0:
         return torch.ones_like(weights)

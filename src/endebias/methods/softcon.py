@@ -90,7 +90,7 @@ class SoftBiasContrastive(Method):
             None, size=contrast_batch, augment=augment)
         # Every training row's bias features, computed on the first draw (the trainer
         # hands the rows over after building the method); not state: a resumed run
-        # computes the same from the restored bias network and seed.
+        # computes the same from the restored bias network.
         self.row_bias_features: Tensor | None = None
 
     def train(self, mode: bool = True) -> SoftBiasContrastive:
@@ -106,16 +106,14 @@ class SoftBiasContrastive(Method):
 
     def prepare_draws(self, rows: TrainingRows) -> None:
         """Bias features of every training row (full precision, in chunks) and the draw
-        weights from them; the reference rows are drawn from the draws' own seed."""
+        weights from them."""
         assert self.contrast is not None
         with torch.autocast(rows.inputs.device.type, enabled=False):
             self.row_bias_features = torch.cat([
                 self.bias_features(rows.prepare(rows.inputs[start:start + FEATURE_CHUNK]))
                 for start in range(0, len(rows), FEATURE_CHUNK)])
-        generator = torch.Generator().manual_seed(self.contrast.seed + 2**62)
         self.contrast.weights = soft_oversampling_weights(
-            self.row_bias_features, rows.targets, ratio=self.oversample_ratio,
-            generator=generator)
+            self.row_bias_features, rows.targets, ratio=self.oversample_ratio)
 
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
