@@ -183,37 +183,61 @@ def test_views_without_augmentation_are_the_drawn_rows_twice():
     assert torch.equal(inputs[:6], inputs[6:])
 
 
-def _biascon(rows, **options):
+def _tiny_conv(channels, kernel_size):
+    return build_model("simple-conv", num_classes=2, input_shape=(3, 8, 8),
+                       channels=channels, kernel_size=kernel_size)
+
+
+def _contrastive(name, rows, **options):
+    """``name`` (biascon or softcon) on a tiny SimpleConvNet, handed ``rows`` as the
+    trainer hands them; softcon gets a frozen 1x1 bias network as its first stage."""
     torch.manual_seed(0)
-    model = build_model("simple-conv", num_classes=2, input_shape=(3, 8, 8),
-                        channels=[4, 8], kernel_size=3)
-    method = build_method("biascon", model=model, num_targets=2, num_biases=2,
+    if name == "softcon":
+        stage = StageResult(build_method("vanilla", model=_tiny_conv([4, 6], 1), num_targets=2,
+                                         num_biases=2, train_targets=rows.targets,
+                                         train_biases=rows.biases), torch.zeros(len(rows), 2))
+        options = {"first_stage": stage, **options}
+    method = build_method(name, model=_tiny_conv([4, 8], 3), num_targets=2, num_biases=2,
                           train_targets=rows.targets, train_biases=rows.biases,
                           temperature=0.5, ce_weight=0.1, **options)
     method.training_rows = rows
     return method
 
 
-def test_biascon_contrasts_the_drawn_views_and_takes_ce_on_the_trainers_batch():
-    rows = _rows()
-    method = _biascon(rows, contrast_batch=10).train()
-    copy = _biascon(rows, contrast_batch=10).train()
+def _biascon(rows, **options):
+    return _contrastive("biascon", rows, **options)
+
+
+def _layer_output(model, layer, inputs):
+    captured = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, out: captured.append(out))
+    model(inputs)
+    handle.remove()
+    return captured[0].flatten(1)
+
+
+def _step_beside_a_copy(name, rows, contrast_batch):
+    """One training step of a fresh method on rows 0-15, and an untouched copy of it (same
+    state, so the same next draw) for doing that step by hand."""
+    method = _contrastive(name, rows, contrast_batch=contrast_batch).train()
+    copy = _contrastive(name, rows, contrast_batch=contrast_batch).train()
     copy.load_state_dict(method.state_dict())
     batch = torch.arange(16)
     inputs = scale_uint8_images(rows.inputs[batch])
-    loss, logits, parts = method.training_step(inputs, rows.targets[batch], rows.biases[batch],
-                                               batch)
+    step = method.training_step(inputs, rows.targets[batch], rows.biases[batch], batch)
+    return method, step, copy, inputs, rows.targets[batch]
+
+
+def test_biascon_contrasts_the_drawn_views_and_takes_ce_on_the_trainers_batch():
+    rows = _rows()
+    _, (loss, logits, parts), copy, inputs, targets = _step_beside_a_copy("biascon", rows, 10)
     # The same step by hand on the copy: its trainer batch first, then the same draw.
     want_logits = copy.model(inputs)
     views, view_targets, view_biases, _ = copy.contrast.draw(rows)
-    captured = []
-    handle = copy.model.get_submodule(copy.layer).register_forward_hook(
-        lambda _m, _i, out: captured.append(out))
-    copy.model(views)
-    handle.remove()
-    z = nn.functional.normalize(captured[0].flatten(1), dim=1)
+    z = nn.functional.normalize(_layer_output(copy.model, copy.layer, views), dim=1)
     bc = bias_contrastive(z, view_targets, view_biases, temperature=0.5)
-    ce = nn.functional.cross_entropy(want_logits, rows.targets[batch])
+    ce = nn.functional.cross_entropy(want_logits, targets)
     torch.testing.assert_close(logits, want_logits)
     assert float(parts["bias_contrastive"]) == pytest.approx(float(bc.detach()), rel=1e-5)
     assert float(loss.detach()) == pytest.approx(float((0.1 * ce + bc).detach()), rel=1e-5)
@@ -288,39 +312,13 @@ def test_soft_weights_draw_the_rows_a_bias_model_sets_apart():
 
 
 def _softcon(rows, **options):
-    torch.manual_seed(0)
-    bias_model = build_model("simple-conv", num_classes=2, input_shape=(3, 8, 8),
-                             channels=[4, 6], kernel_size=1)
-    stage = StageResult(build_method("vanilla", model=bias_model, num_targets=2,
-                                     num_biases=2, train_targets=rows.targets,
-                                     train_biases=rows.biases), torch.zeros(len(rows), 2))
-    model = build_model("simple-conv", num_classes=2, input_shape=(3, 8, 8),
-                        channels=[4, 8], kernel_size=3)
-    method = build_method("softcon", model=model, num_targets=2, num_biases=2,
-                          train_targets=rows.targets, train_biases=rows.biases,
-                          first_stage=stage, temperature=0.5, ce_weight=0.1, **options)
-    method.training_rows = rows
-    return method
-
-
-def _layer_output(model, layer, inputs):
-    captured = []
-    handle = model.get_submodule(layer).register_forward_hook(
-        lambda _m, _i, out: captured.append(out))
-    model(inputs)
-    handle.remove()
-    return captured[0].flatten(1)
+    return _contrastive("softcon", rows, **options)
 
 
 def test_softcon_draws_by_the_bias_models_weights_and_contrasts_the_views():
     rows = _rows()
-    method = _softcon(rows, contrast_batch=10).train()
-    copy = _softcon(rows, contrast_batch=10).train()
-    copy.load_state_dict(method.state_dict())
-    batch = torch.arange(16)
-    inputs = scale_uint8_images(rows.inputs[batch])
-    loss, logits, parts = method.training_step(inputs, rows.targets[batch], rows.biases[batch],
-                                               batch)
+    method, (loss, logits, parts), copy, inputs, targets = _step_beside_a_copy("softcon", rows,
+                                                                               10)
     # By hand on the copy: every row's bias features, the weights from them, the draw.
     with torch.no_grad():
         u = _layer_output(copy.bias_network, copy.bias_layer, scale_uint8_images(rows.inputs))
@@ -331,7 +329,7 @@ def test_softcon_draws_by_the_bias_models_weights_and_contrasts_the_views():
     views, view_targets, _, chosen = copy.contrast.draw(rows)
     z = nn.functional.normalize(_layer_output(copy.model, copy.layer, views), dim=1)
     soft = soft_bias_contrastive(z, view_targets, u[chosen].repeat(2, 1), temperature=0.5)
-    ce = nn.functional.cross_entropy(want_logits, rows.targets[batch])
+    ce = nn.functional.cross_entropy(want_logits, targets)
     torch.testing.assert_close(logits, want_logits)
     assert float(parts["soft_contrastive"]) == pytest.approx(float(soft.detach()), rel=1e-5)
     assert float(loss.detach()) == pytest.approx(float((0.1 * ce + soft).detach()), rel=1e-5)
