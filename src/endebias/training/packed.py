@@ -207,9 +207,7 @@ class PackedMethod(nn.Module):
     def __init__(self, model: PackedSimpleConvNet, solos: Sequence[Method]) -> None:
         super().__init__()
         self.model = model
-        unpackable = sorted({type(s).__name__ for s in solos if not s.packable})
-        if unpackable:
-            raise PackError(f"methods {', '.join(unpackable)} cannot train in a pack")
+        # Which methods may pack is check_packable's one check (PackedStepper calls it).
         # A plain list: the solos' own weights are not the pack's (its state is joined).
         self.solos = list(solos)
         self.detached = [s.detaches_classifier for s in solos]
