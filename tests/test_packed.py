@@ -23,6 +23,7 @@ from endebias.training.packed import (
     member_state,
     pack_key,
 )
+from run_faults_helpers import Stop, stop_after
 
 SETTINGS = [(0.1, 0.2), (1.0, 0.0), (0.5, 3.0)]
 # FairKL members: two whose classifier reads the features detached (ce_weight 0, the
@@ -197,9 +198,6 @@ def test_a_stopped_member_leaves_and_its_folder_resumes_solo(tmp_path: Path):
     the solo run's result."""
     configs = [config(epochs=3, method_options={"alpha": a, "beta": b}) for a, b in SETTINGS]
 
-    class Stop(Exception):
-        pass
-
     def on_epoch(index, epoch, record):
         if index == 1 and epoch == 1:
             raise Stop("pruned at epoch 1")
@@ -359,14 +357,10 @@ def test_a_member_folder_trained_on_other_data_fails_that_member_only(tmp_path: 
     (its epochs were trained on other images); its folder is left as it was."""
     configs = [config(epochs=2, method_options={"alpha": a, "beta": b}) for a, b in SETTINGS[:2]]
     dirs = [tmp_path / f"packed{i}" for i in range(2)]
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_one(index, epoch, record):
-        raise Stop("stopped after epoch 1")
-
-    assert all(isinstance(o, Stop) for o in fit_packed(configs, dirs, on_epoch=stop_after_one))
+    stop_after_one = stop_after(1)
+    outcomes = fit_packed(configs, dirs, on_epoch=lambda _, epoch, record: stop_after_one(
+        epoch, record))
+    assert all(isinstance(o, Stop) for o in outcomes)
     records.atomic_write_json(dirs[1] / records.DATA, {"checksum": "sha256:other"})
     before = (dirs[1] / records.METRICS).read_bytes()
     outcomes = fit_packed(configs, dirs, resume=True)
