@@ -135,3 +135,42 @@ def test_records_name_the_arithmetic_auto_chose(tmp_path: Path, monkeypatch) -> 
         assert config.amp == "auto"
         assert [r["fast_path"] for r in read_metrics(run_dir)] == [expected]
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, second", [("rubi", "bias_model"), ("lff", "biased_model")])
+def test_compile_covers_every_network_a_method_trains(name: str, second: str) -> None:
+    """``--compile on`` compiles the method's second network too (on CPU it costs more per
+    step than the main one, benchmarks/bench_compile.py), keeps the parameter names that
+    checkpoints use, and steps as the eager method does from the same weights."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(16, 3, 12, 12, generator=generator)
+    targets = torch.randint(3, (16,), generator=generator)
+    biases = targets.clone()
+
+    def make():
+        torch.manual_seed(0)
+        network = lambda model, **options: build_model(  # noqa: E731
+            model, num_classes=3, input_shape=(3, 12, 12), **options)
+        return build_method(
+            name, model=network("simple-conv", channels=[4, 8], kernel_size=3),
+            num_targets=3, num_biases=3, train_targets=targets, train_biases=biases,
+            input_shape=(3, 12, 12), build_network=network,
+            **({"bias_model_options": {"channels": [4, 8]}} if name == "rubi" else {}))
+
+    eager, compiled = make(), make()
+    FastPath(compile=True).apply(compiled)
+    assert getattr(eager, second) in eager.networks()
+    for network in compiled.networks():
+        assert network._compiled_call_impl is not None  # what nn.Module.compile sets
+    assert getattr(eager.model, "_compiled_call_impl", None) is None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    outputs = []
+    for method in (eager, compiled):
+        loss, logits, _ = method.training_step(inputs, targets, biases, torch.arange(16))
+        loss.backward()
+        outputs.append((loss.detach(), logits.detach()))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for (key, theirs), (_, ours) in zip(eager.named_parameters(), compiled.named_parameters(),
+                                        strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-3, atol=1e-5, msg=key)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from endebias import L2Normalize, capture_features, end_loss
+from endebias.hooks import guard_hooks_under_compile
 
 
 class Block(nn.Module):
@@ -224,3 +225,31 @@ def test_get_and_get_all_have_docstrings():
     from endebias import CapturedFeatures
 
     assert CapturedFeatures.get.__doc__ and CapturedFeatures.get_all.__doc__
+
+
+def test_a_second_compiled_model_of_one_class_still_runs_the_capture_hook(monkeypatch):
+    """Dynamo skips hook guards by default: a model compiled and run without the hook
+    leaves a graph that a second model of the same class would reuse, capturing nothing.
+    ``guard_hooks_under_compile`` (the trainer's ``--compile`` calls it) prevents that."""
+    import torch._dynamo.config
+
+    class Net(nn.Module):  # a class of its own: no graph cached by another test
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", True)
+    guard_hooks_under_compile()
+    assert torch._dynamo.config.skip_nnmodule_hook_guards is False
+    x = torch.randn(4, 6)
+    first, second = Net(), Net()
+    first.compile(backend="eager")
+    first(x)  # traced without any hook
+    second.compile(backend="eager")
+    with capture_features(second, "body") as captured:
+        second(x)
+    torch.testing.assert_close(captured.get(), second.body(x))

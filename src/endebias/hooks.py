@@ -106,6 +106,17 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module
     raise ValueError(f"model has no layer named {layer!r} ({len(names)} layers); {hint}")
 
 
+def guard_hooks_under_compile() -> None:
+    """Make compiled code check the forward hooks it was traced with. By default dynamo
+    skips that check, so a second model of the same class (a sweep's next trial) could
+    reuse a graph traced for the first without the feature-capturing hook, and capture
+    nothing. Process-wide; call it before compiling (the trainer's
+    ``--compile`` does)."""
+    import torch._dynamo.config  # imported here: it costs about 1.5 s, paid only to compile
+
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+
+
 @contextmanager
 def capture_features(model: nn.Module, layer: str | nn.Module) -> Iterator[CapturedFeatures]:
     """Record the output of ``layer`` (a dotted name inside ``model``, or the submodule
@@ -118,8 +129,9 @@ def capture_features(model: nn.Module, layer: str | nn.Module) -> Iterator[Captu
     LightningModule holding ``self.model``) finds the layer by its unwrapped name.
 
     Under ``torch.compile`` enter the block outside the compiled function: the hooks run
-    inside the compiled graph, but registering them cannot be traced. The hooks are removed
-    on exit, also when the block raises.
+    inside the compiled graph, but registering them cannot be traced. Where one process
+    compiles several models of one class, call :func:`guard_hooks_under_compile` before
+    compiling the first. The hooks are removed on exit, also when the block raises.
     """
     name, module = find_layer(model, layer)
     captured = CapturedFeatures(name)

@@ -101,7 +101,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     switches = ["auto", "on", "off"]
     parser.add_argument("--amp", choices=switches, help="bf16 autocast (auto: on where bf16 is "
                         "native: Ampere or later GPUs, CPUs with avx512_bf16 or AMX)")
-    parser.add_argument("--compile", choices=switches, help="torch.compile the model")
+    parser.add_argument("--compile", choices=switches,
+                        help="torch.compile every network the method trains")
     parser.add_argument("--channels-last", choices=switches, help="channels_last memory format")
     examples = {"method": "layer=blocks.9", "model": "channels=[8,16,32,64]",
                 "dataset": "validation=heldout"}

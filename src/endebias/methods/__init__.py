@@ -149,6 +149,13 @@ class Method(nn.Module):
         """Logits used for evaluation."""
         return self.model(inputs)
 
+    def networks(self) -> list[nn.Module]:
+        """The networks the method runs on every training step, the ones ``--compile``
+        compiles. Default: ``model``; a method with a network of its own trained beside it
+        (a bias-only branch, a biased twin) adds it, since on CPU that network often costs
+        more per step than the main one."""
+        return [self.model]
+
     def optimizer_groups(self) -> dict[str, OptimizerGroup]:
         """Named groups of parameters, each with its own optimiser and schedule; every
         parameter of the method in exactly one. Default: all of them in ``model``."""

@@ -84,6 +84,9 @@ class LearnedMixin(Method):
         self.bias_layer = self.bias_model.feature_layer
         self.gate = nn.Linear(feature_size(model, self.layer, self.input_shape), 1)
 
+    def networks(self) -> list[nn.Module]:
+        return [self.model, self.bias_model]
+
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

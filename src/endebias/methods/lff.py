@@ -96,6 +96,9 @@ class LearningFromFailure(Method):
         self.register_buffer("loss_ema_debiased", torch.zeros(size))
         self.register_buffer("seen", torch.zeros(size, dtype=torch.bool))
 
+    def networks(self) -> list[nn.Module]:
+        return [self.model, self.biased_model]
+
     def optimizer_groups(self) -> dict[str, OptimizerGroup]:
         return {
             "model": OptimizerGroup(list(self.model.parameters())),

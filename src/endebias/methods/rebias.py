@@ -142,6 +142,9 @@ class ReBias(Method):
         )
         self.bias_layer = self.bias_model.feature_layer
 
+    def networks(self) -> list[nn.Module]:
+        return [self.model, self.bias_model]
+
     def optimizer_groups(self) -> dict[str, OptimizerGroup]:
         return {
             "model": OptimizerGroup(list(self.model.parameters())),

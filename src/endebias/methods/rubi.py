@@ -77,6 +77,9 @@ class RUBi(Method):
         width = feature_size(self.bias_model, self.bias_layer, self.input_shape)
         self.mask_head = nn.Linear(width, self.num_targets)
 
+    def networks(self) -> list[nn.Module]:
+        return [self.model, self.bias_model]
+
     def training_step(
         self, inputs: Tensor, targets: Tensor, biases: Tensor, indices: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -13,8 +13,12 @@ On CPU "auto" turns on ``amp`` alone, and only where bf16 is native (avx512_bf16
 :func:`cpu_bf16_native`): oneDNN's bf16 kernels made a quick-preset training step 1.55x
 faster, and the quick table at rho 0.997 over 3 seeds kept float32's accuracy (unbiased
 64.55 +- 4.57 against 64.57 +- 4.43, no seed more than 0.3 points apart; docs/benchmarks.md).
-``channels_last`` changes little on CPU and ``torch.compile`` costs ~40 s of cold start,
-so those stay off. ``amp="off"`` gives the same float32 arithmetic on every CPU.
+``channels_last`` changes little on CPU, so it stays off. ``torch.compile`` stays off under
+"auto" too: for the main network alone its gain on CPU is small and moves with the load
+(0.63-1.04x the eager step time), but ``--compile on`` makes a step of RUBi, LearnedMixin
+and ReBias about 1.8x faster, since their 1x1 bias-only network is memory-bound in eager
+mode (benchmarks/bench_compile.py, docs/benchmarks.md). ``amp="off"`` gives the same
+float32 arithmetic on every CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from endebias.hooks import guard_hooks_under_compile
 
 
 def cpu_bf16_native() -> str | None:
@@ -74,8 +80,13 @@ class FastPath:
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
         if self.compile:
-            model = getattr(method, "model", method)
-            model.compile()
+            guard_hooks_under_compile()
+            # ``nn.Module.compile`` compiles in place and keeps parameter names, so the
+            # checkpoint is the same either way. A pack (no ``networks``) is one network.
+            networks = (method.networks() if hasattr(method, "networks")
+                        else [getattr(method, "model", method)])
+            for network in networks:
+                network.compile()
 
     def inputs(self, batch: Tensor) -> Tensor:
         if self.channels_last and batch.dim() == 4:
