@@ -1,11 +1,11 @@
 """Seconds per training step with every network a method trains compiled (``--compile
-on``) against eager, side by side in one run, on this machine's default device.
+on``) against eager, side by side in one run, on CPU.
 
     python benchmarks/bench_compile.py [--methods vanilla rubi ...] [--rounds 5] [--steps 3]
         [--threads 1] [--amp auto|on|off]
 
-Each method wraps the quick preset's SimpleConvNet as in benchmarks/step_cost.py (one
-fixed random batch of 256 colour images, the training step, backward and an Adam step).
+Each method wraps the quick preset's SimpleConvNet as in benchmarks/step_cost.py (its
+one fixed random batch of 256 colour images, the training step, backward and an Adam step).
 Two copies of each method are built from the same seed, one compiled as the trainer
 compiles it (``FastPath.apply``: ``Method.networks()``, in place). The compiled copy's
 first two steps are timed apart: that is the compile's start-up cost (inductor's cache
@@ -23,10 +23,9 @@ import time
 
 import torch
 
-from endebias.data import scale_uint8_images
-from endebias.methods import TrainingRows, method_names
+from endebias.methods import method_names
 from endebias.training.fastpath import FastPath
-from step_cost import build
+from step_cost import CLASSES, SHAPE, build, random_batch
 
 DEFAULT_METHODS = ["vanilla", "end", "rubi", "learned-mixin", "rebias", "lff"]
 
@@ -46,16 +45,7 @@ def main() -> None:
     device = torch.device("cpu")
     eager_path = FastPath.resolve(device, amp=args.amp, compile="off", channels_last="off")
     compiled_path = FastPath.resolve(device, amp=args.amp, compile="on", channels_last="off")
-    generator = torch.Generator().manual_seed(0)
-    shape, classes = (3, 28, 28), 10
-    stored = torch.randint(0, 256, (args.batch_size, *shape), dtype=torch.uint8,
-                           generator=generator)
-    inputs = scale_uint8_images(stored)
-    targets = torch.randint(classes, (args.batch_size,), generator=generator)
-    conflicting = torch.rand(args.batch_size, generator=generator) < 0.01
-    biases = torch.where(conflicting, (targets + 1) % classes, targets)
-    indices = torch.arange(args.batch_size)
-    rows = TrainingRows(stored, targets, biases, prepare=scale_uint8_images)
+    inputs, targets, biases, indices, rows = random_batch(args.batch_size)
 
     def step(method, optimizer, fast: FastPath) -> None:
         with fast.autocast(device):
@@ -69,8 +59,8 @@ def main() -> None:
           "compiled start-up, s (2 steps) |")
     print("|---|---:|---:|---:|---:|")
     for name in args.methods:
-        eager = build(name, classes=classes, shape=shape, rows=rows)
-        compiled = build(name, classes=classes, shape=shape, rows=rows)
+        eager = build(name, classes=CLASSES, shape=SHAPE, rows=rows)
+        compiled = build(name, classes=CLASSES, shape=SHAPE, rows=rows)
         compiled_path.apply(compiled[0])
         step(*eager, eager_path)
         started = time.perf_counter()

@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from torch import Tensor
 
 from endebias.data import scale_uint8_images
 from endebias.methods import StageResult, TrainingRows, build_method, method_class, method_names
@@ -50,6 +51,22 @@ def build(name: str, *, classes: int, shape: tuple[int, ...], rows: TrainingRows
     return method, torch.optim.Adam(method.parameters(), lr=1e-3)
 
 
+CLASSES, SHAPE = 10, (3, 28, 28)
+
+
+def random_batch(size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, TrainingRows]:
+    """One fixed random batch of colour images (inputs, targets, biases, indices) and the
+    same rows as the training split a method may draw from."""
+    generator = torch.Generator().manual_seed(0)
+    stored = torch.randint(0, 256, (size, *SHAPE), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(CLASSES, (size,), generator=generator)
+    # 99 % aligned, as in Biased MNIST: a few bias-conflicting samples per batch.
+    conflicting = torch.rand(size, generator=generator) < 0.01
+    biases = torch.where(conflicting, (targets + 1) % CLASSES, targets)
+    rows = TrainingRows(stored, targets, biases, prepare=scale_uint8_images)
+    return scale_uint8_images(stored), targets, biases, torch.arange(size), rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -60,18 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    classes, shape = 10, (3, 28, 28)
-    generator = torch.Generator().manual_seed(0)
-    stored = torch.randint(0, 256, (args.batch_size, *shape), dtype=torch.uint8,
-                           generator=generator)
-    inputs = scale_uint8_images(stored)
-    targets = torch.randint(classes, (args.batch_size,), generator=generator)
-    # 99 % aligned, as in Biased MNIST: a few bias-conflicting samples per batch.
-    conflicting = torch.rand(args.batch_size, generator=generator) < 0.01
-    biases = torch.where(conflicting, (targets + 1) % classes, targets)
-    indices = torch.arange(args.batch_size)
-    rows = TrainingRows(stored, targets, biases, prepare=scale_uint8_images)
-    methods = {name: build(name, classes=classes, shape=shape, rows=rows)
+    inputs, targets, biases, indices, rows = random_batch(args.batch_size)
+    methods = {name: build(name, classes=CLASSES, shape=SHAPE, rows=rows)
                for name in args.methods}
 
     def step(name: str) -> None:
