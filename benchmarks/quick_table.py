@@ -66,9 +66,9 @@ def main() -> None:
                              "on / off force it, and their folders get a -bf16 / -fp32 suffix)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="torch.compile every network a method trains (auto: on GPUs only; "
-                             "on CPU it makes a step about 1.5x faster after a cold start, "
-                             "docs/benchmarks.md; on / off force it, and their folders get a "
-                             "-compiled / -eager suffix)")
+                             "on CPU it makes a step of RUBi, LearnedMixin and ReBias about "
+                             "1.8x faster, docs/benchmarks.md; on / off force it, and their "
+                             "folders get a -compiled / -eager suffix)")
     args = parser.parse_args()
     args.out = args.out or f"runs/{args.preset}-table"
     if args.threads:

@@ -136,7 +136,6 @@ def test_records_name_the_arithmetic_auto_chose(tmp_path: Path, monkeypatch) -> 
         assert [r["fast_path"] for r in read_metrics(run_dir)] == [expected]
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name, second", [("rubi", "bias_model"), ("lff", "biased_model")])
 def test_compile_covers_every_network_a_method_trains(name: str, second: str) -> None:

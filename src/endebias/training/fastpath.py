@@ -75,17 +75,16 @@ class FastPath:
         )
 
     def apply(self, method: nn.Module) -> None:
-        """Convert the method's weights and compile its model, in place. Call once the
-        method is on its device and before the optimiser is built."""
+        """Convert the method's weights and compile its ``networks()``, in place (a
+        :class:`~endebias.methods.Method` or a pack). Call once the method is on its
+        device and before the optimiser is built."""
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
         if self.compile:
             guard_hooks_under_compile()
             # ``nn.Module.compile`` compiles in place and keeps parameter names, so the
-            # checkpoint is the same either way. A pack (no ``networks``) is one network.
-            networks = (method.networks() if hasattr(method, "networks")
-                        else [getattr(method, "model", method)])
-            for network in networks:
+            # checkpoint is the same either way.
+            for network in method.networks():
                 network.compile()
 
     def inputs(self, batch: Tensor) -> Tensor:

@@ -214,6 +214,10 @@ class PackedMethod(nn.Module):
         self.num_targets = solos[0].num_targets
         self.num_biases = solos[0].num_biases
 
+    def networks(self) -> list[nn.Module]:
+        """What ``--compile`` compiles: the one packed network."""
+        return [self.model]
+
     @property
     def members(self) -> int:
         return self.model.members
