@@ -73,8 +73,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "on CPU, for smoke runs (vanilla stays on the colour); cpu: the quick network for 24 "
         "epochs, about 13 minutes per run on a CPU core, whose vanilla learns the digit as the "
         "paper's does, for comparisons on CPU (default: quick, or paper with --local). Each "
-        "preset carries its own method defaults (EnD's weights; on quick, LearnedMixin's "
-        "entropy weight): see docs/methods.md",
+        "preset carries its own method defaults (EnD's weights; on quick and cpu, "
+        "LearnedMixin's entropy weight): see docs/methods.md",
     )
     parser.add_argument("--epochs", type=int, help=f"(default: {_preset_default('epochs')})")
     # The underscore spellings are the official EnD code's, so its commands run unchanged.
